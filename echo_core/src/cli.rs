@@ -1,0 +1,77 @@
+//! The process entry point both `main.rs` files call: parse flags, start, wait for SIGTERM
+//! or SIGINT, stop gracefully. Errors are one line on stderr and a non-zero exit.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use log::LevelFilter;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::server::ServerHandle;
+
+/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Parses the command line. `--help` and `--version` print and exit 0; any other error is
+/// one line on stderr (clap's own message is several) and exit code 2.
+pub fn parse<C: Parser>(name: &str) -> C {
+    match C::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{name}: {}", first.trim_start_matches("error: "));
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Parses a log level for `--log-level` (off, error, warn, info, debug, trace).
+pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
+}
+
+/// Installs the logger, starts the service, waits for SIGTERM or SIGINT and shuts down
+/// within [`SHUTDOWN_GRACE`]. A start failure (port in use, bad address) is one line on
+/// stderr and exit code 1.
+pub fn run(
+    name: &'static str,
+    level: LevelFilter,
+    start: impl FnOnce() -> io::Result<ServerHandle>,
+) -> ExitCode {
+    crate::logging::init(level);
+    // Registered before starting, so a signal that arrives during start-up is not lost.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => return fail(name, &format!("cannot install signal handlers: {e}")),
+    };
+    let handle = match start() {
+        Ok(handle) => handle,
+        Err(e) => return fail(name, &e.to_string()),
+    };
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let signal = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    log::info!(target: name, "{signal} received: no longer accepting, finishing in-flight requests (at most {}s)", SHUTDOWN_GRACE.as_secs());
+    match handle.shutdown(SHUTDOWN_GRACE) {
+        0 => log::info!(target: name, "stopped"),
+        n => log::warn!(target: name, "stopped with {n} request(s) still in flight"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(name: &str, message: &str) -> ExitCode {
+    eprintln!("{name}: {message}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,308 @@
+//! The server loop both services run: a listener we bind ourselves, one `tiny_http::Server`
+//! built from it, a fixed pool of workers calling `recv`, one wrapper per request (limits,
+//! request id, panic → 500, common headers, access log) and a bounded graceful shutdown.
+//!
+//! tiny_http 0.12's accept thread ends for good on an accept error (EMFILE) or panics in
+//! `try_clone().unwrap()`; we keep our own handle on the listening socket so the port
+//! survives, notice the death (the error from `recv`, or the panic hook below) and build a
+//! fresh `Server` from a clone of the listener.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::Level;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::guard;
+use crate::http::{request_id, Request, Response};
+
+/// How long an idle worker waits before it looks at shutdown and accept-thread health.
+const POLL: Duration = Duration::from_millis(100);
+/// Retired servers (whose accept thread we believed dead) still drained, at most.
+const MAX_RETIRED: usize = 4;
+
+/// The request handler a service gives to [`serve`].
+pub type HandlerFn = dyn Fn(&Request) -> Response + Send + Sync + 'static;
+
+/// A running server: its bound address and the way to stop it. Dropping it stops accepting
+/// without waiting for in-flight requests.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`, the base URL clients and tests use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets the workers finish what was already received, and waits at most
+    /// `grace` for them. Returns how many requests were still in flight when it gave up.
+    pub fn shutdown(mut self, grace: Duration) -> usize {
+        self.shared.stop();
+        let deadline = Instant::now() + grace;
+        while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for worker in std::mem::take(&mut self.workers) {
+            if worker.is_finished() {
+                let _ = worker.join();
+            }
+        }
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR and TCP_NODELAY.
+/// tiny_http never sets TCP_NODELAY; Linux copies it from the listener to every accepted
+/// socket, which avoids a ~40 ms delayed-ACK stall on responses written in two parts.
+pub fn bind(listen: &str) -> io::Result<TcpListener> {
+    let addr = listen
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `listen` and serves `handler` on `workers` threads; logs `listening on http://…`
+/// once the port is bound. `name` is the service name of every log line.
+pub fn serve(
+    name: &'static str,
+    listen: &str,
+    workers: usize,
+    handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+) -> io::Result<ServerHandle> {
+    install_panic_hook();
+    let listener = bind(listen)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let first = new_server(&listener)?;
+    let shared = Arc::new(Shared {
+        name,
+        listener,
+        servers: RwLock::new(Arc::from(vec![first])),
+        panics_seen: AtomicUsize::new(ACCEPT_PANICS.load(Ordering::SeqCst)),
+        stopping: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        handler: Box::new(handler),
+    });
+    let workers = (0..workers.max(1))
+        .map(|i| {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("{name}-worker-{i}"))
+                .spawn(move || shared.work())
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    log::info!(target: name, "listening on http://{addr}");
+    Ok(ServerHandle {
+        addr,
+        shared,
+        workers,
+    })
+}
+
+fn new_server(listener: &TcpListener) -> io::Result<Arc<tiny_http::Server>> {
+    let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Arc::new(server))
+}
+
+/// Counts panics of tiny_http's own (unnamed) threads; each server compares it with the
+/// count it last saw to learn that an accept thread may have died without a word.
+static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let unnamed = thread::current().name().is_none();
+            let in_tiny_http = info
+                .location()
+                .is_some_and(|l| l.file().contains("tiny_http"));
+            if unnamed && in_tiny_http {
+                ACCEPT_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+struct Shared {
+    name: &'static str,
+    /// Our own handle on the listening socket: keeps the port when an accept thread dies.
+    listener: TcpListener,
+    /// The current server first, then retired ones still drained of queued requests.
+    servers: RwLock<Arc<[Arc<tiny_http::Server>]>>,
+    panics_seen: AtomicUsize,
+    stopping: AtomicBool,
+    in_flight: AtomicUsize,
+    handler: Box<HandlerFn>,
+}
+
+impl Shared {
+    fn work(&self) {
+        loop {
+            let servers = self.servers();
+            let stopping = self.stopping.load(Ordering::SeqCst);
+            let next = if stopping {
+                servers[0].try_recv()
+            } else {
+                servers[0].recv_timeout(POLL)
+            };
+            match next {
+                Ok(Some(rq)) => self.answer(rq),
+                Ok(None) if stopping => return,
+                Ok(None) => {}
+                Err(_) if stopping => return,
+                Err(e) => self.replace_server(&servers[0], &format!("accept failed: {e}")),
+            }
+            for old in &servers[1..] {
+                while let Ok(Some(rq)) = old.try_recv() {
+                    self.answer(rq);
+                }
+            }
+            let panics = ACCEPT_PANICS.load(Ordering::SeqCst);
+            if !stopping && self.panics_seen.swap(panics, Ordering::SeqCst) != panics {
+                self.replace_server(&servers[0], "a tiny_http thread panicked");
+            }
+        }
+    }
+
+    fn servers(&self) -> Arc<[Arc<tiny_http::Server>]> {
+        match self.servers.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Builds a fresh `Server` on a clone of our listener, retrying while descriptors are
+    /// short, and keeps draining the old one. Only the worker that saw `dead` does this.
+    fn replace_server(&self, dead: &Arc<tiny_http::Server>, why: &str) {
+        log::error!(target: self.name, "accept thread stopped ({why}); restarting it");
+        let mut backoff = Duration::from_millis(50);
+        let fresh = loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match new_server(&self.listener) {
+                Ok(server) => break server,
+                Err(e) => {
+                    log::error!(target: self.name, "cannot restart accept thread: {e}; retrying in {backoff:?}");
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        let mut guard = match self.servers.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if Arc::ptr_eq(&guard[0], dead) {
+            let mut list = vec![fresh];
+            list.extend(guard.iter().take(MAX_RETIRED).cloned());
+            *guard = Arc::from(list);
+            log::info!(target: self.name, "accept thread restarted");
+        }
+    }
+
+    /// Stops accepting at once: shutting down the listening socket (shared by every clone)
+    /// wakes each accept thread with an error and makes new connections fail fast.
+    fn stop(&self) {
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            let _ = SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// The one wrapper every request goes through.
+    fn answer(&self, rq: tiny_http::Request) {
+        let started = Instant::now();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let method = rq.method().to_string();
+        let target = rq.url().to_string();
+        let incoming_id = header(&rq, "X-Request-Id");
+        let id = request_id(incoming_id.as_deref());
+        let req = Request::new(&method, &target, &id);
+
+        let refused = guard::check_request(&rq);
+        let close = refused.is_some();
+        let response = match refused {
+            Some(response) => response,
+            None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
+                .unwrap_or_else(|_| Response::error(500, "Internal server error")),
+        };
+        let status = response.status;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let port = self.listener.local_addr().map_or(0, |a| a.port());
+            guard::respond(rq, to_tiny(response, &id, close), close, port)
+        }));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::debug!(target: self.name, "writing the response failed: {e}"),
+            Err(_) => log::error!(target: self.name, "finishing request {id} panicked"),
+        }
+
+        let level = if status >= 500 {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        let path = req.path;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn header(rq: &tiny_http::Request, name: &str) -> Option<String> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().to_string())
+}
+
+/// Adds the headers every response carries: `Content-Type`, `X-Content-Type-Options`,
+/// `X-Request-Id`, and `Connection: close` when the connection must not be reused.
+fn to_tiny(response: Response, id: &str, close: bool) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut headers = vec![
+        ("Content-Type", response.content_type.to_string()),
+        ("X-Content-Type-Options", "nosniff".to_string()),
+        ("X-Request-Id", id.to_string()),
+    ];
+    if close {
+        headers.push(("Connection", "close".to_string()));
+    }
+    headers.extend(response.headers);
+    let mut out = tiny_http::Response::from_data(response.body.into_bytes())
+        .with_status_code(response.status);
+    for (name, value) in headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            out.add_header(h);
+        }
+    }
+    out
+}

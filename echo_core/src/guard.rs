@@ -109,27 +109,38 @@ fn shutdown_read(local_port: u16, peer: SocketAddr) {
 
 /// The global allocator of both services: the system allocator, except that allocations of
 /// 1 GiB or more come from anonymous `MAP_NORESERVE` mappings. Only tiny_http's drain of a
-/// huge declared body asks for such sizes; its pages are never touched (the socket was shut
-/// down), so the process stays small. Where even that mapping is impossible (a length beyond
-/// the address space) a zeroed request gets one shared `PROT_NONE` page instead of aborting
-/// the process: the only writer is `read(2)`, which reports EFAULT rather than writing.
+/// huge declared body asks for such sizes; its pages are never touched beyond the few bytes
+/// that arrive, so the process stays small.
+///
+/// Where even that mapping is impossible (a declared length beyond the address space, up to
+/// `isize::MAX`), a zeroed request gets a *decoy* instead of aborting the process: 64 KiB of
+/// real memory followed by a `PROT_NONE` guard page. The drain's only writers are a copy out
+/// of tiny_http's 1 KiB read buffer, which fits, and `read(2)`, which stops with EFAULT at
+/// the guard. Up to [`DECOYS`] may be live at once; the drain ends at once (its socket was
+/// shut down), so more would need that many simultaneous requests in the same microseconds.
 pub struct DrainSafeAlloc;
 
 const HUGE: usize = 1 << 30;
+const DECOY_BYTES: usize = 64 * 1024;
+const GUARD_BYTES: usize = 4096;
+/// Decoys that may be live at once.
+pub const DECOYS: usize = 64;
+
+static DECOY_SLOTS: [AtomicPtr<u8>; DECOYS] = [const { AtomicPtr::new(ptr::null_mut()) }; DECOYS];
 
 unsafe impl GlobalAlloc for DrainSafeAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() < HUGE {
             return System.alloc(layout);
         }
-        map_huge(layout)
+        map(layout.size(), libc::PROT_READ | libc::PROT_WRITE)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if layout.size() < HUGE {
             return System.alloc_zeroed(layout);
         }
-        let p = map_huge(layout);
+        let p = map(layout.size(), libc::PROT_READ | libc::PROT_WRITE);
         if p.is_null() {
             decoy()
         } else {
@@ -139,10 +150,16 @@ unsafe impl GlobalAlloc for DrainSafeAlloc {
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         if layout.size() < HUGE {
-            System.dealloc(p, layout)
-        } else if p != DECOY.load(Ordering::Acquire) {
-            libc::munmap(p.cast(), layout.size());
+            return System.dealloc(p, layout);
         }
+        for slot in &DECOY_SLOTS {
+            if slot.load(Ordering::Acquire) == p {
+                libc::munmap(p.cast(), DECOY_BYTES + GUARD_BYTES);
+                slot.store(ptr::null_mut(), Ordering::Release);
+                return;
+            }
+        }
+        libc::munmap(p.cast(), layout.size());
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -159,14 +176,12 @@ unsafe impl GlobalAlloc for DrainSafeAlloc {
     }
 }
 
-unsafe fn map_huge(layout: Layout) -> *mut u8 {
-    if layout.align() > 4096 {
-        return ptr::null_mut();
-    }
+/// An anonymous, page-aligned `MAP_NORESERVE` mapping, or null.
+unsafe fn map(len: usize, prot: libc::c_int) -> *mut u8 {
     let p = libc::mmap(
         ptr::null_mut(),
-        layout.size(),
-        libc::PROT_READ | libc::PROT_WRITE,
+        len,
+        prot,
         libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
         -1,
         0,
@@ -178,34 +193,20 @@ unsafe fn map_huge(layout: Layout) -> *mut u8 {
     }
 }
 
-static DECOY: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
-
 unsafe fn decoy() -> *mut u8 {
-    let current = DECOY.load(Ordering::Acquire);
-    if !current.is_null() {
-        return current;
-    }
-    let p = libc::mmap(
-        ptr::null_mut(),
-        4096,
-        libc::PROT_NONE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        -1,
-        0,
-    );
-    if p == libc::MAP_FAILED {
+    let p = map(DECOY_BYTES + GUARD_BYTES, libc::PROT_NONE);
+    if p.is_null() || libc::mprotect(p.cast(), DECOY_BYTES, libc::PROT_READ | libc::PROT_WRITE) != 0
+    {
         return ptr::null_mut();
     }
-    match DECOY.compare_exchange(
-        ptr::null_mut(),
-        p.cast(),
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    ) {
-        Ok(_) => p.cast(),
-        Err(winner) => {
-            libc::munmap(p, 4096);
-            winner
+    for slot in &DECOY_SLOTS {
+        if slot
+            .compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return p;
         }
     }
+    libc::munmap(p.cast(), DECOY_BYTES + GUARD_BYTES);
+    ptr::null_mut()
 }

@@ -169,12 +169,9 @@ impl Shared {
         loop {
             let servers = self.servers();
             let stopping = self.stopping.load(Ordering::SeqCst);
-            let next = if stopping {
-                servers[0].try_recv()
-            } else {
-                servers[0].recv_timeout(POLL)
-            };
-            match next {
+            // While stopping, a worker still takes what arrives within one POLL, so a request
+            // on a connection accepted just before the stop is answered, not dropped.
+            match servers[0].recv_timeout(POLL) {
                 Ok(Some(rq)) => self.answer(rq),
                 Ok(None) if stopping => return,
                 Ok(None) => {}
@@ -247,6 +244,7 @@ impl Shared {
         let incoming_id = header(&rq, "X-Request-Id");
         let id = request_id(incoming_id.as_deref());
         let req = Request::new(&method, &target, &id);
+        log::debug!(target: self.name, "{method} {} started request_id={id}", req.path);
 
         let refused = guard::check_request(&rq);
         let close = refused.is_some();

@@ -1,1 +1,322 @@
-//! test kit
+//! The test kit shared by every test crate: a raw HTTP/1.1 client (so tests see exactly what
+//! goes over the socket), real misbehaving servers that stand in for a failing Service A,
+//! and a runner for the real binaries that waits for their `listening on` line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use socket2::SockRef;
+
+/// A response as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Value::Null` if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// `GET target` with `Connection: close`.
+pub fn get(addr: SocketAddr, target: &str) -> Reply {
+    send(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// `GET target` with extra header lines (each ending in `\r\n`).
+pub fn get_with(addr: SocketAddr, target: &str, headers: &str) -> Reply {
+    send(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n"),
+    )
+}
+
+/// Sends raw bytes and reads one response until the server closes or the body is complete.
+/// Panics (failing the test) if no response comes within 10 s.
+pub fn send(addr: SocketAddr, raw: &str) -> Reply {
+    try_send(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
+}
+
+/// Like [`send`], but reports failure instead of panicking.
+pub fn try_send(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(raw)?;
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, or until close) from `reader`.
+pub fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(&format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(bad("eof in headers"));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let reply = Reply {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let mut body = Vec::new();
+    match reply
+        .header("Content-Length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Reply { body, ..reply })
+}
+
+/// An address where nothing listens (bound, then closed).
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// What a fake Service A does with each connection.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Accepts and never answers, holding the connection open.
+    Silent,
+    /// Reads the request, then closes with a TCP reset.
+    Reset,
+    /// Answers with this status and body.
+    Answer(u16, String),
+    /// Declares `Content-Length: 100`, sends 10 bytes, closes.
+    Truncated,
+    /// Sends bytes that are not HTTP, then closes.
+    Garbage,
+}
+
+/// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
+pub struct FakeA {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeA {
+    pub fn start(behaviour: Behaviour) -> FakeA {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake A");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let behaviour = behaviour.clone();
+                let seen = Arc::clone(&seen);
+                thread::spawn(move || serve_fake(stream, &behaviour, &seen));
+            }
+        });
+        FakeA { addr, requests }
+    }
+
+    /// `http://addr`, for `--service-a-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The request heads received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<String>>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    if let Ok(mut s) = seen.lock() {
+        s.push(String::from_utf8_lossy(&head).into_owned());
+    }
+    match behaviour {
+        Behaviour::Silent => {
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink);
+        }
+        Behaviour::Reset => {
+            let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+        Behaviour::Answer(status, body) => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        Behaviour::Truncated => {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"echo\":\"",
+            );
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        Behaviour::Garbage => {
+            let _ = stream.write_all(b"\x00\x01 this is not HTTP at all\r\n\r\n");
+        }
+    }
+}
+
+/// The path of a workspace binary, next to the test executable's `deps` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A real service process with its stdout collected line by line.
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `name` with `args` and waits (up to 20 s) for its `listening on http://…` line.
+    pub fn start(name: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(binary(name))
+            .args(args)
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn service");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running {
+            child,
+            addr: closed_port(),
+            lines,
+            seen: Vec::new(),
+        };
+        let line = running.wait_for("listening on http://", Duration::from_secs(20));
+        let addr = line.rsplit("http://").next().unwrap_or("");
+        running.addr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        running
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it; panics after `limit`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line with {needle:?}: {:#?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("exited before {needle:?}: {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code and every stdout
+    /// line it printed.
+    pub fn wait_exit(mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status.code(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = self.child.kill();
+                    break None;
+                }
+            }
+        };
+        let mut lines = std::mem::take(&mut self.seen);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            lines.push(line);
+        }
+        (code, lines)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

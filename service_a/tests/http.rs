@@ -1,0 +1,71 @@
+//! Service A over real sockets, started in-process on port 0.
+
+use echo_tests::{get, send};
+use serde_json::json;
+use service_a::{spawn, Config};
+
+fn start() -> echo_core::ServerHandle {
+    spawn(Config::on("127.0.0.1:0")).expect("start service_a")
+}
+
+#[test]
+fn health_and_echo() {
+    let a = start();
+    let health = get(a.addr(), "/health");
+    assert_eq!(
+        (health.status, health.json()),
+        (200, json!({"status": "ok"}))
+    );
+    let echo = get(a.addr(), "/echo?msg=hello%20world%21");
+    assert_eq!(
+        (echo.status, echo.json()),
+        (200, json!({"echo": "hello world!"}))
+    );
+    assert_eq!(echo.header("Content-Type"), Some("application/json"));
+    assert_eq!(echo.header("X-Content-Type-Options"), Some("nosniff"));
+    assert!(echo.header("X-Request-Id").is_some());
+}
+
+#[test]
+fn missing_or_empty_msg_echoes_empty() {
+    let a = start();
+    for target in ["/echo", "/echo?msg=", "/echo?x=1"] {
+        let r = get(a.addr(), target);
+        assert_eq!((r.status, r.json()), (200, json!({"echo": ""})), "{target}");
+    }
+}
+
+#[test]
+fn client_mistakes_are_4xx_json() {
+    let a = start();
+    let cases = [
+        ("GET", "/echo?msg=%zz", 400),
+        ("GET", "/echo?msg=%FF", 400),
+        ("GET", "/nope", 404),
+        ("POST", "/echo", 405),
+        ("DELETE", "/health", 405),
+    ];
+    for (method, target, status) in cases {
+        let r = send(a.addr(), &format!("{method} {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, status, "{method} {target}");
+        assert!(r.json()["error"].is_string(), "{method} {target}");
+        if status == 405 {
+            assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+        }
+    }
+    assert_eq!(get(a.addr(), "/health").status, 200);
+}
+
+#[test]
+fn delay_applies_to_echo_only() {
+    let mut config = Config::on("127.0.0.1:0");
+    config.delay_ms = 600;
+    let a = spawn(config).expect("start");
+    let started = std::time::Instant::now();
+    assert_eq!(get(a.addr(), "/health").status, 200);
+    let health = started.elapsed();
+    assert_eq!(get(a.addr(), "/echo?msg=x").status, 200);
+    let echo = started.elapsed() - health;
+    assert!(echo.as_millis() >= 600, "echo took {echo:?}");
+    assert!(health.as_millis() < 600, "health took {health:?}");
+}

@@ -133,6 +133,24 @@ fn reset_is_connect() {
 }
 
 #[test]
+fn a_pooled_connection_dying_on_reuse_is_retried_once() {
+    let fake = FakeA::start(Behaviour::OncePerConnection(r#"{"echo":"hi"}"#.into()));
+    let b = b_calling(&fake.url(), 2000);
+    for i in 0..5 {
+        let r = get(b.addr(), "/call-echo?msg=hi");
+        assert_eq!(
+            r.status,
+            200,
+            "call {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Calls 2 and 4 met a dead pooled connection and went again on a fresh one, which is not
+    // pooled; calls 1, 3 and 5 opened a new connection: 1 + 2 + 1 + 2 + 1 requests reached A.
+    assert_eq!(fake.requests().len(), 7);
+}
+
+#[test]
 fn status_500_is_status() {
     let fake = FakeA::start(Behaviour::Answer(500, r#"{"error":"boom"}"#.into()));
     let b = b_calling(&fake.url(), 2000);

@@ -131,6 +131,10 @@ pub enum Behaviour {
     Truncated,
     /// Sends bytes that are not HTTP, then closes.
     Garbage,
+    /// Answers the first request on a connection with this body and keeps the connection
+    /// open, then closes it on the next request without answering: an idle pooled
+    /// connection that died just as it was reused.
+    OncePerConnection(String),
 }
 
 /// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
@@ -166,17 +170,25 @@ impl FakeA {
     }
 }
 
-fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<String>>) {
+/// Reads one request head and records it; `None` at end of stream.
+fn read_head(stream: &mut TcpStream, seen: &Mutex<Vec<String>>) -> Option<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return None,
         }
     }
     if let Ok(mut s) = seen.lock() {
         s.push(String::from_utf8_lossy(&head).into_owned());
+    }
+    Some(())
+}
+
+fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<String>>) {
+    if read_head(&mut stream, seen).is_none() {
+        return;
     }
     match behaviour {
         Behaviour::Silent => {
@@ -201,6 +213,16 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
         }
         Behaviour::Garbage => {
             let _ = stream.write_all(b"\x00\x01 this is not HTTP at all\r\n\r\n");
+        }
+        Behaviour::OncePerConnection(body) => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if read_head(&mut stream, seen).is_some() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
         }
     }
 }

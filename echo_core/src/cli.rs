@@ -48,6 +48,7 @@ pub fn run(
     start: impl FnOnce() -> io::Result<ServerHandle>,
 ) -> ExitCode {
     crate::logging::init(level);
+    raise_open_file_limit(name);
     // Registered before starting, so a signal that arrives during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -69,6 +70,26 @@ pub fn run(
         n => log::warn!(target: name, "stopped with {n} request(s) still in flight"),
     }
     ExitCode::SUCCESS
+}
+
+/// Each open connection costs a descriptor (and a tiny_http thread); the soft limit is often
+/// 1024 while the hard limit is far higher, so take what we are allowed.
+fn raise_open_file_limit(name: &str) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let from = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                log::debug!(target: name, "open-file limit raised from {from} to {}", limit.rlim_max);
+            }
+        }
+    }
 }
 
 fn fail(name: &str, message: &str) -> ExitCode {

@@ -28,6 +28,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Largest body accepted and ignored, the size tiny_http buffers itself; larger gets 413.
 pub const MAX_BODY_BYTES: usize = 1024;
 
+/// The limits as `--help` shows them.
+pub const LIMITS_HELP: &str =
+    "Limits: request target (path and query) 8 KiB → 414; header bytes 16 KiB → 431; \
+request body 1 KiB (bodies are not used) → 413 and the connection is closed.";
+
 /// The limits of the contract, checked before any handler runs.
 pub fn check_request(rq: &tiny_http::Request) -> Option<Response> {
     let has_header = |name: &str| {

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use crate::http::{request_id, Request, Response};
 
 /// How long an idle worker waits before it looks at shutdown and accept-thread health.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest wait between two restarts of a dead accept thread.
+const RESTART_WAIT: Duration = Duration::from_millis(250);
 /// Retired servers (whose accept thread we believed dead) still drained, at most.
 const MAX_RETIRED: usize = 4;
 
@@ -105,6 +107,7 @@ pub fn serve(
         listener,
         servers: RwLock::new(Arc::from(vec![first])),
         panics_seen: AtomicUsize::new(ACCEPT_PANICS.load(Ordering::SeqCst)),
+        restarts: Mutex::new((Instant::now(), 0)),
         stopping: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         handler: Box::new(handler),
@@ -159,6 +162,8 @@ struct Shared {
     /// The current server first, then retired ones still drained of queued requests.
     servers: RwLock<Arc<[Arc<tiny_http::Server>]>>,
     panics_seen: AtomicUsize,
+    /// When the accept thread was last restarted, and how many restarts in a row.
+    restarts: Mutex<(Instant, u32)>,
     stopping: AtomicBool,
     in_flight: AtomicUsize,
     handler: Box<HandlerFn>,
@@ -176,7 +181,7 @@ impl Shared {
                 Ok(None) if stopping => return,
                 Ok(None) => {}
                 Err(_) if stopping => return,
-                Err(e) => self.replace_server(&servers[0], &format!("accept failed: {e}")),
+                Err(e) => self.replace_server(Some(&servers[0]), &format!("accept failed: {e}")),
             }
             for old in &servers[1..] {
                 while let Ok(Some(rq)) = old.try_recv() {
@@ -185,23 +190,36 @@ impl Shared {
             }
             let panics = ACCEPT_PANICS.load(Ordering::SeqCst);
             if !stopping && self.panics_seen.swap(panics, Ordering::SeqCst) != panics {
-                self.replace_server(&servers[0], "a tiny_http thread panicked");
+                self.replace_server(None, "a tiny_http thread panicked");
             }
         }
     }
 
     fn servers(&self) -> Arc<[Arc<tiny_http::Server>]> {
-        match self.servers.read() {
-            Ok(s) => Arc::clone(&s),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.servers.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Builds a fresh `Server` on a clone of our listener, retrying while descriptors are
-    /// short, and keeps draining the old one. Only the worker that saw `dead` does this.
-    fn replace_server(&self, dead: &Arc<tiny_http::Server>, why: &str) {
-        log::error!(target: self.name, "accept thread stopped ({why}); restarting it");
-        let mut backoff = Duration::from_millis(50);
+    /// Builds a fresh `Server` on a clone of our listener and keeps draining the old one.
+    /// `dead` is the server whose `recv` reported the error; `None` (a panic, which does not
+    /// say whose) means the current one. Restarts less than 2 s apart wait longer each time,
+    /// up to 250 ms, and only every 20th of them is logged, so exhausted descriptors cost a
+    /// few attempts a second and recovery takes well under a second once they are free.
+    fn replace_server(&self, dead: Option<&Arc<tiny_http::Server>>, why: &str) {
+        let wait = {
+            let mut streak = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, n) = *streak;
+            let n = if last.elapsed() < Duration::from_secs(2) {
+                n + 1
+            } else {
+                0
+            };
+            *streak = (Instant::now(), n);
+            if n % 20 == 0 {
+                log::error!(target: self.name, "accept thread stopped ({why}); restarting it (restarts in a row: {})", n + 1);
+            }
+            Duration::from_millis(25 << n.min(4)).min(RESTART_WAIT) * u32::from(n > 0)
+        };
+        thread::sleep(wait);
         let fresh = loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
@@ -209,17 +227,13 @@ impl Shared {
             match new_server(&self.listener) {
                 Ok(server) => break server,
                 Err(e) => {
-                    log::error!(target: self.name, "cannot restart accept thread: {e}; retrying in {backoff:?}");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    log::debug!(target: self.name, "cannot restart accept thread yet: {e}");
+                    thread::sleep(RESTART_WAIT);
                 }
             }
         };
-        let mut guard = match self.servers.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if Arc::ptr_eq(&guard[0], dead) {
+        let mut guard = self.servers.write().unwrap_or_else(|p| p.into_inner());
+        if dead.is_none_or(|dead| Arc::ptr_eq(&guard[0], dead)) {
             let mut list = vec![fresh];
             list.extend(guard.iter().take(MAX_RETIRED).cloned());
             *guard = Arc::from(list);

@@ -15,6 +15,7 @@ use serde_json::json;
 #[command(
     name = "service_a",
     version,
+    after_help = echo_core::guard::LIMITS_HELP,
     about = "Service A: echoes ?msg= back as JSON"
 )]
 pub struct Config {

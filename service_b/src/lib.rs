@@ -19,6 +19,7 @@ pub use client::{CallError, EchoClient};
 #[command(
     name = "service_b",
     version,
+    after_help = echo_core::guard::LIMITS_HELP,
     about = "Service B: calls Service A and reports its failures as 503"
 )]
 pub struct Config {

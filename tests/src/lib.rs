@@ -254,7 +254,30 @@ pub struct Running {
 impl Running {
     /// Starts `name` with `args` and waits (up to 20 s) for its `listening on http://…` line.
     pub fn start(name: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(binary(name))
+        Running::start_limited(name, args, None)
+    }
+
+    /// Like [`Running::start`], with the soft and hard open-file limits set to `nofile`.
+    pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running {
+        let mut command = Command::new(binary(name));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(args)
             .env_clear()
             .stdout(Stdio::piped())
@@ -306,6 +329,21 @@ impl Running {
         }
     }
 
+    /// The process's resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+
+    /// The process's peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+
+    /// The number of threads of the process.
+    pub fn threads(&self) -> u64 {
+        proc_status_kib(self.child.id(), "Threads:")
+    }
+
     /// Sends a signal (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory effects.
@@ -340,5 +378,34 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A numeric field of /proc/PID/status (0 if absent).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft open-file limit to the hard one, for tests that hold many
+/// connections.
+pub fn raise_own_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }

@@ -57,6 +57,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// The route that answered (`None` for a 404), the `route` label of the metrics.
+    pub route: Option<&'static str>,
     pub body: String,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
@@ -67,9 +69,19 @@ impl Response {
     pub fn json(status: u16, value: &Value) -> Response {
         Response {
             status,
+            route: None,
             body: value.to_string(),
             content_type: "application/json",
             headers: Vec::new(),
+        }
+    }
+
+    /// A text response, such as the metrics exposition.
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
+        Response {
+            content_type,
+            body,
+            ..Response::json(status, &Value::Null)
         }
     }
 
@@ -95,14 +107,19 @@ pub type Handler<S> = fn(&S, &Request) -> Response;
 
 /// Finds the route for the request's path: 404 when no route has it, 405 with `Allow` when
 /// the method is neither GET nor HEAD (HEAD runs the GET handler; the server drops the body).
-pub fn route<S>(state: &S, req: &Request, routes: &[(&str, Handler<S>)]) -> Response {
-    let Some((_, handler)) = routes.iter().find(|(path, _)| *path == req.path) else {
+pub fn route<S>(state: &S, req: &Request, routes: &[(&'static str, Handler<S>)]) -> Response {
+    let Some(&(path, handler)) = routes.iter().find(|(path, _)| *path == req.path) else {
         return Response::error(404, "Not found");
     };
-    if req.method != "GET" && req.method != "HEAD" {
-        return Response::error(405, "Method not allowed").with_header("Allow", "GET, HEAD");
+    let response = if req.method != "GET" && req.method != "HEAD" {
+        Response::error(405, "Method not allowed").with_header("Allow", "GET, HEAD")
+    } else {
+        handler(state, req)
+    };
+    Response {
+        route: Some(path),
+        ..response
     }
-    handler(state, req)
 }
 
 /// Why a query string could not be decoded; always the client's mistake (400).
@@ -215,7 +232,7 @@ mod tests {
 
     #[test]
     fn route_answers_404_405_and_runs_get_and_head() {
-        let routes: &[(&str, Handler<()>)] = &[("/x", ok)];
+        let routes: &[(&'static str, Handler<()>)] = &[("/x", ok)];
         let missing = route(&(), &Request::get("/nope"), routes);
         assert_eq!(missing.status, 404);
         assert_eq!(missing.json_body(), json!({"error": "Not found"}));
@@ -224,6 +241,7 @@ mod tests {
         assert_eq!(post.status, 405);
         assert_eq!(post.json_body(), json!({"error": "Method not allowed"}));
         assert_eq!(post.headers, vec![("Allow", "GET, HEAD".to_string())]);
+        assert_eq!((missing.route, post.route), (None, Some("/x")));
 
         assert_eq!(route(&(), &Request::get("/x?a=b"), routes).status, 200);
         assert_eq!(

@@ -6,9 +6,11 @@ pub mod cli;
 pub mod guard;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 
 pub use http::{route, Request, Response};
+pub use metrics::Metrics;
 pub use server::{serve, ServerHandle};
 
 /// Both services (and their tests) allocate through [`guard::DrainSafeAlloc`], which keeps

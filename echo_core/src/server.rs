@@ -20,6 +20,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::guard;
 use crate::http::{request_id, Request, Response};
+use crate::metrics::Metrics;
 
 /// How long an idle worker waits before it looks at shutdown and accept-thread health.
 const POLL: Duration = Duration::from_millis(100);
@@ -90,11 +91,13 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
 }
 
 /// Binds `listen` and serves `handler` on `workers` threads; logs `listening on http://…`
-/// once the port is bound. `name` is the service name of every log line.
+/// once the port is bound. `name` is the service name of every log line; every answered
+/// request is counted in `metrics`.
 pub fn serve(
     name: &'static str,
     listen: &str,
     workers: usize,
+    metrics: Arc<Metrics>,
     handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
 ) -> io::Result<ServerHandle> {
     install_panic_hook();
@@ -110,6 +113,7 @@ pub fn serve(
         restarts: Mutex::new((Instant::now(), 0)),
         stopping: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        metrics,
         handler: Box::new(handler),
     });
     let workers = (0..workers.max(1))
@@ -166,6 +170,7 @@ struct Shared {
     restarts: Mutex<(Instant, u32)>,
     stopping: AtomicBool,
     in_flight: AtomicUsize,
+    metrics: Arc<Metrics>,
     handler: Box<HandlerFn>,
 }
 
@@ -268,6 +273,7 @@ impl Shared {
                 .unwrap_or_else(|_| Response::error(500, "Internal server error")),
         };
         let status = response.status;
+        let route = response.route;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let port = self.listener.local_addr().map_or(0, |a| a.port());
             guard::respond(rq, to_tiny(response, &id, close), close, port)
@@ -284,7 +290,9 @@ impl Shared {
             Level::Info
         };
         let path = req.path;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.observe(&method, route, status, seconds);
+        let ms = seconds * 1000.0;
         log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }

@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use echo_core::{serve, Request, Response};
+use std::sync::Arc;
+
+use echo_core::{serve, Metrics, Request, Response};
 use echo_tests::{get, get_with, send, try_send};
 use serde_json::json;
 
@@ -19,7 +21,14 @@ fn handler(req: &Request) -> Response {
 
 /// One worker, so a test can tell whether that worker survived.
 fn start() -> echo_core::ServerHandle {
-    serve("test_server", "127.0.0.1:0", 1, handler).expect("serve")
+    serve(
+        "test_server",
+        "127.0.0.1:0",
+        1,
+        Arc::new(Metrics::new()),
+        handler,
+    )
+    .expect("serve")
 }
 
 #[test]

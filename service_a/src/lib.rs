@@ -1,12 +1,17 @@
-//! Service A: `GET /health` and `GET /echo?msg=M` → `{"echo":"M"}`. `--delay-ms` slows every
-//! `/echo` (never `/health`), which is how the timeout of Service B is demonstrated.
+//! Service A: `GET /health` and `GET /echo?msg=M` → `{"echo":"M"}`, plus `GET /metrics`.
+//!
+//! Faults can be injected into `/echo` (never `/health` or `/metrics`) for demos and tests:
+//! `--delay-ms` slows every call (the timeout demo), `--fail-rate` fails a reproducible
+//! share of calls (`--seed`), and a caller may ask for `delay_ms` and `status` per request.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
-use echo_core::{route, Request, Response, ServerHandle};
+use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
 use serde_json::json;
 
@@ -25,7 +30,20 @@ pub struct Config {
     /// Delay every /echo by this many milliseconds (the timeout demo).
     #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = 0)]
     pub delay_ms: u64,
-    /// Worker threads answering requests; each delayed /echo holds one for --delay-ms.
+    /// Fail this share of /echo calls (0.0 to 1.0) with --fail-status.
+    #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// The status of an injected failure (400 to 599).
+    #[arg(long, env = "SERVICE_A_FAIL_STATUS", default_value_t = 500,
+          value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub fail_status: u16,
+    /// Seed of the failure sequence, so a run can be repeated (random when absent).
+    #[arg(long, env = "SERVICE_A_SEED")]
+    pub seed: Option<u64>,
+    /// Largest per-request `delay_ms` honoured; larger values are capped to it.
+    #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = 10_000)]
+    pub max_delay_ms: u64,
+    /// Worker threads answering requests; each delayed /echo holds one while it waits.
     #[arg(long, env = "SERVICE_A_WORKERS", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
@@ -41,17 +59,67 @@ impl Config {
     }
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a rate between 0.0 and 1.0")),
+    }
+}
+
+/// A reproducible sequence of draws in [0, 1): SplitMix64 over a shared counter, so the
+/// n-th `/echo` call gets the same draw for the same seed, with no lock.
+#[derive(Debug)]
+struct Draws {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Draws {
+    fn draw(&self) -> f64 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// The service itself: the handlers and what they need.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServiceA {
     delay: Duration,
+    max_delay: Duration,
+    fail_rate: f64,
+    fail_status: u16,
+    draws: Draws,
+    metrics: Arc<Metrics>,
 }
 
 impl ServiceA {
+    /// Builds the service with its own metrics (see [`ServiceA::metrics_handle`]).
     pub fn new(config: &Config) -> ServiceA {
+        let seed = config.seed.unwrap_or_else(|| {
+            u64::from_str_radix(&echo_core::http::new_request_id(), 16).unwrap_or(0)
+        });
         ServiceA {
             delay: Duration::from_millis(config.delay_ms),
+            max_delay: Duration::from_millis(config.max_delay_ms),
+            fail_rate: config.fail_rate,
+            fail_status: config.fail_status,
+            draws: Draws {
+                seed,
+                next: AtomicU64::new(0),
+            },
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The metrics the server wrapper records requests in and `/metrics` shows.
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Answers one request; called by the server wrapper, or directly by unit tests.
@@ -59,7 +127,11 @@ impl ServiceA {
         route(
             self,
             req,
-            &[("/health", Self::health), ("/echo", Self::echo)],
+            &[
+                ("/health", Self::health),
+                ("/echo", Self::echo),
+                ("/metrics", Self::metrics),
+            ],
         )
     }
 
@@ -67,27 +139,71 @@ impl ServiceA {
         Response::json(200, &json!({ "status": "ok" }))
     }
 
+    fn metrics(&self, _: &Request) -> Response {
+        self.metrics.render()
+    }
+
     fn echo(&self, req: &Request) -> Response {
-        let msg = match req.param("msg") {
-            Ok(msg) => msg.unwrap_or_default(),
-            Err(e) => return Response::error(400, &e.to_string()),
+        let (msg, delay, status) = match echo_params(req) {
+            Ok(params) => params,
+            Err(message) => return Response::error(400, &message),
         };
-        if !self.delay.is_zero() {
-            thread::sleep(self.delay);
+        let delay = self.delay + delay.min(self.max_delay);
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        if let Some(status) = status {
+            log::info!(target: "service_a", "injected status {status} (asked for) request_id={}", req.request_id);
+            return Response::error(status, &format!("Injected status {status}"));
+        }
+        if self.fail_rate > 0.0 && self.draws.draw() < self.fail_rate {
+            let status = self.fail_status;
+            log::info!(target: "service_a", "injected failure {status} (fail-rate {}) request_id={}", self.fail_rate, req.request_id);
+            return Response::error(status, "Injected failure");
         }
         Response::json(200, &json!({ "echo": msg }))
     }
 }
 
+/// `/echo`'s parameters: `msg` (default empty), `delay_ms` and `status` (the fault a caller
+/// asks for; a status from 200 to 599).
+fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String> {
+    let msg = req
+        .param("msg")
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let delay = match req.param("delay_ms").map_err(|e| e.to_string())? {
+        Some(v) => Duration::from_millis(v.parse().map_err(|_| {
+            format!("'delay_ms' must be a whole number of milliseconds, not '{v}'")
+        })?),
+        None => Duration::ZERO,
+    };
+    let status = match req.param("status").map_err(|e| e.to_string())? {
+        Some(v) => match v.parse::<u16>() {
+            Ok(code) if (200..=599).contains(&code) => Some(code),
+            _ => {
+                return Err(format!(
+                    "'status' must be an HTTP status from 200 to 599, not '{v}'"
+                ))
+            }
+        },
+        None => None,
+    };
+    Ok((msg, delay, status))
+}
+
 /// Starts Service A; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-    log::info!(target: "service_a", "config: listen={} workers={} delay_ms={} log_level={}",
-        config.listen, config.workers, config.delay_ms, config.log_level);
+    log::info!(target: "service_a", "config: listen={} workers={} delay_ms={} fail_rate={} fail_status={} seed={} max_delay_ms={} log_level={}",
+        config.listen, config.workers, config.delay_ms, config.fail_rate, config.fail_status,
+        config.seed.map_or("random".to_string(), |s| s.to_string()), config.max_delay_ms, config.log_level);
     let service = ServiceA::new(&config);
+    let metrics = service.metrics_handle();
     echo_core::serve(
         "service_a",
         &config.listen,
         config.workers.into(),
+        metrics,
         move |req| service.handle(req),
     )
 }
@@ -96,8 +212,12 @@ pub fn spawn(config: Config) -> io::Result<ServerHandle> {
 mod tests {
     use super::*;
 
+    fn service(config: &Config) -> ServiceA {
+        ServiceA::new(config)
+    }
+
     fn answer(target: &str) -> Response {
-        ServiceA::new(&Config::on("127.0.0.1:0")).handle(&Request::get(target))
+        service(&Config::on("127.0.0.1:0")).handle(&Request::get(target))
     }
 
     #[test]
@@ -142,7 +262,7 @@ mod tests {
     fn unknown_paths_and_methods() {
         assert_eq!(answer("/nope").status, 404);
         assert_eq!(answer("/echo/").status, 404);
-        let service = ServiceA::new(&Config::on("127.0.0.1:0"));
+        let service = service(&Config::on("127.0.0.1:0"));
         let r = service.handle(&Request::new("POST", "/echo", "id"));
         assert_eq!(r.status, 405);
         assert_eq!(r.headers, vec![("Allow", "GET, HEAD".to_string())]);
@@ -150,6 +270,75 @@ mod tests {
             service
                 .handle(&Request::new("HEAD", "/health", "id"))
                 .status,
+            200
+        );
+    }
+
+    #[test]
+    fn per_request_faults() {
+        let r = answer("/echo?msg=x&status=503");
+        assert_eq!(
+            (r.status, r.json_body()),
+            (503, json!({"error": "Injected status 503"}))
+        );
+        assert_eq!(
+            answer("/echo?msg=x&status=200").json_body(),
+            json!({"error": "Injected status 200"})
+        );
+        for bad in [
+            "/echo?status=99",
+            "/echo?status=600",
+            "/echo?status=x",
+            "/echo?delay_ms=-1",
+            "/echo?delay_ms=soon",
+        ] {
+            assert_eq!(answer(bad).status, 400, "{bad}");
+        }
+        assert_eq!(answer("/echo?msg=x&delay_ms=0").status, 200);
+        // Faults never touch /health or /metrics.
+        assert_eq!(answer("/health?status=500&delay_ms=99999").status, 200);
+        assert_eq!(answer("/metrics?status=500").status, 200);
+    }
+
+    #[test]
+    fn per_request_delay_is_capped() {
+        let mut config = Config::on("127.0.0.1:0");
+        config.max_delay_ms = 50;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            service(&config)
+                .handle(&Request::get("/echo?delay_ms=60000"))
+                .status,
+            200
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn fail_rate_is_reproducible_with_a_seed() {
+        let mut config = Config::on("127.0.0.1:0");
+        config.fail_rate = 0.3;
+        config.seed = Some(42);
+        let run = || {
+            let a = service(&config);
+            (0..200)
+                .map(|_| a.handle(&Request::get("/echo?msg=x")).status)
+                .collect::<Vec<_>>()
+        };
+        let first = run();
+        assert_eq!(first, run());
+        let failed = first.iter().filter(|s| **s == 500).count();
+        assert!(
+            (30..=90).contains(&failed),
+            "{failed} of 200 failed at rate 0.3"
+        );
+        assert!(first.iter().all(|s| *s == 500 || *s == 200));
+        config.fail_rate = 1.0;
+        config.fail_status = 502;
+        assert_eq!(service(&config).handle(&Request::get("/echo")).status, 502);
+        assert_eq!(
+            service(&config).handle(&Request::get("/health")).status,
             200
         );
     }

@@ -24,6 +24,10 @@ pub enum CallError {
     Status(u16),
     /// A answered 2xx, but not with the expected JSON object.
     BadResponse(String),
+    /// B already has as many calls to A in flight as it allows (the bulkhead); A not called.
+    Overloaded(usize),
+    /// The circuit breaker is open; A not called. Carries the time until the next trial.
+    CircuitOpen(Duration),
 }
 
 impl CallError {
@@ -34,6 +38,17 @@ impl CallError {
             CallError::Timeout(_) => "timeout",
             CallError::Status(_) => "status",
             CallError::BadResponse(_) => "bad_response",
+            CallError::Overloaded(_) => "overloaded",
+            CallError::CircuitOpen(_) => "circuit_open",
+        }
+    }
+
+    /// The `Retry-After` (whole seconds, at least 1) for failures that say when to come back.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            CallError::Overloaded(_) => Some(1),
+            CallError::CircuitOpen(left) => Some(left.as_millis().div_ceil(1000).max(1) as u64),
+            _ => None,
         }
     }
 }
@@ -47,6 +62,17 @@ impl fmt::Display for CallError {
             }
             CallError::Status(code) => write!(f, "Service A returned HTTP {code}"),
             CallError::BadResponse(cause) => write!(f, "Invalid response from Service A: {cause}"),
+            CallError::Overloaded(limit) => {
+                write!(
+                    f,
+                    "Too many calls to Service A in flight (limit {limit}); try again later"
+                )
+            }
+            CallError::CircuitOpen(left) => write!(
+                f,
+                "Circuit open after repeated failures of Service A; next try in {}s",
+                seconds(*left)
+            ),
         }
     }
 }
@@ -242,6 +268,20 @@ mod tests {
         for (e, kind, details) in cases {
             assert_eq!((e.kind(), e.to_string().as_str()), (kind, details));
         }
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds() {
+        assert_eq!(CallError::Overloaded(1).retry_after(), Some(1));
+        assert_eq!(
+            CallError::CircuitOpen(Duration::from_millis(1500)).retry_after(),
+            Some(2)
+        );
+        assert_eq!(
+            CallError::CircuitOpen(Duration::from_millis(10)).retry_after(),
+            Some(1)
+        );
+        assert_eq!(CallError::Status(500).retry_after(), None);
     }
 
     #[test]

@@ -1,17 +1,29 @@
-//! Service B: `GET /health` and `GET /call-echo?msg=M`, which calls Service A's `/echo` with
-//! one deadline and answers `{"msg":M,"echo_response":<A's object>}`, or a 503 whose `kind`
-//! and `details` say exactly how the call to A failed.
+//! Service B: `GET /call-echo?msg=M` calls Service A's `/echo` with one deadline and answers
+//! `{"msg":M,"echo_response":<A's object>}`, or a 503 whose `kind` and `details` say exactly
+//! how the call failed. Calls to A pass a bulkhead (at most `--max-inflight` at once) and a
+//! circuit breaker, so a failing A costs B neither its workers nor its `/health`.
+//! Also `GET /health` (liveness), `GET /ready` (readiness: the breaker) and `GET /metrics`.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use echo_core::{route, Request, Response, ServerHandle};
+use echo_core::metrics::latency_histogram;
+use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
-use serde_json::json;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use serde_json::{json, Value};
 
+pub mod breaker;
 pub mod client;
 
+pub use breaker::Breaker;
 pub use client::{CallError, EchoClient};
 
 /// Service B's command line; every flag also reads its environment variable.
@@ -37,6 +49,17 @@ pub struct Config {
     #[arg(long, env = "SERVICE_B_WORKERS", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
+    /// Calls to Service A in flight at most; more get 503 `overloaded` at once
+    /// [default: workers minus an eighth of them (at least 2), so workers stay free for /health].
+    #[arg(long, env = "SERVICE_B_MAX_INFLIGHT",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_inflight: Option<u16>,
+    /// Failed calls in a row that open the circuit breaker (0 turns it off).
+    #[arg(long, env = "SERVICE_B_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails calls at once before one trial call.
+    #[arg(long, env = "SERVICE_B_BREAKER_COOLDOWN_MS", default_value_t = 2000)]
+    pub breaker_cooldown_ms: u64,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_B_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
     pub log_level: LevelFilter,
@@ -53,6 +76,14 @@ impl Config {
             service_a_url,
         ])
     }
+
+    /// `--max-inflight`, or its default.
+    pub fn max_inflight(&self) -> usize {
+        let workers = usize::from(self.workers);
+        self.max_inflight
+            .map(usize::from)
+            .unwrap_or_else(|| workers.saturating_sub((workers / 8).max(2)).max(1))
+    }
 }
 
 /// `--service-a-url` must be `http://host[:port][/prefix]`: no other scheme, no query.
@@ -67,18 +98,112 @@ pub fn parse_service_a_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
-/// The service itself: the handlers and the client for A.
+/// Labels of `upstream_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// B's own metrics about its calls to A.
+#[derive(Debug)]
+struct Upstream {
+    outcomes: Family<Outcome, Counter>,
+    duration: Histogram,
+    in_flight: Gauge,
+}
+
+/// At most `limit` calls to A at once; a slot is held for the whole call.
+#[derive(Debug)]
+struct Bulkhead {
+    limit: usize,
+    used: AtomicUsize,
+    gauge: Gauge,
+}
+
+/// One slot of the bulkhead, given back on drop.
+struct Slot<'a>(&'a Bulkhead);
+
+impl Bulkhead {
+    fn try_enter(&self) -> Option<Slot<'_>> {
+        let before = self.used.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(self);
+        if before >= self.limit {
+            return None; // dropping `slot` gives the count back
+        }
+        self.gauge.set((before + 1) as i64);
+        Some(slot)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let now = self.0.used.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.gauge.set(now.min(self.0.limit) as i64);
+    }
+}
+
+/// The service itself: the handlers, the client for A and what guards the calls.
 #[derive(Debug)]
 pub struct ServiceB {
     client: EchoClient,
+    bulkhead: Bulkhead,
+    breaker: Breaker,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
 }
 
 impl ServiceB {
+    /// Builds the service with its own metrics (see [`ServiceB::metrics_handle`]).
     pub fn new(config: &Config) -> ServiceB {
+        let mut metrics = Metrics::new();
         let timeout = Duration::from_millis(config.timeout_ms);
+        let upstream = Upstream {
+            outcomes: Family::default(),
+            duration: latency_histogram(),
+            in_flight: Gauge::default(),
+        };
+        let breaker_state = Gauge::default();
+        let registry = metrics.registry();
+        registry.register(
+            "upstream_requests",
+            "Calls to Service A by outcome: ok, or the 503 kind",
+            upstream.outcomes.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Duration of the calls that reached Service A",
+            upstream.duration.clone(),
+        );
+        registry.register(
+            "upstream_in_flight",
+            "Calls to Service A in flight",
+            upstream.in_flight.clone(),
+        );
+        registry.register(
+            "circuit_breaker_state",
+            "The breaker in front of Service A: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
         ServiceB {
             client: EchoClient::new(&config.service_a_url, timeout, config.workers.into()),
+            bulkhead: Bulkhead {
+                limit: config.max_inflight(),
+                used: AtomicUsize::new(0),
+                gauge: upstream.in_flight.clone(),
+            },
+            breaker: Breaker::new(
+                config.breaker_threshold,
+                Duration::from_millis(config.breaker_cooldown_ms),
+                breaker_state,
+            ),
+            upstream,
+            metrics: Arc::new(metrics),
         }
+    }
+
+    /// The metrics the server wrapper records requests in and `/metrics` shows.
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Answers one request; called by the server wrapper, or directly by unit tests.
@@ -86,12 +211,30 @@ impl ServiceB {
         route(
             self,
             req,
-            &[("/health", Self::health), ("/call-echo", Self::call_echo)],
+            &[
+                ("/health", Self::health),
+                ("/ready", Self::ready),
+                ("/call-echo", Self::call_echo),
+                ("/metrics", Self::metrics),
+            ],
         )
     }
 
     fn health(&self, _: &Request) -> Response {
         Response::json(200, &json!({ "status": "ok" }))
+    }
+
+    fn ready(&self, _: &Request) -> Response {
+        match self.breaker.not_ready() {
+            None => Response::json(200, &json!({ "status": "ready" })),
+            Some(reason) => {
+                Response::json(503, &json!({ "status": "not ready", "reason": reason }))
+            }
+        }
+    }
+
+    fn metrics(&self, _: &Request) -> Response {
+        self.metrics.render()
     }
 
     fn call_echo(&self, req: &Request) -> Response {
@@ -103,34 +246,63 @@ impl ServiceB {
         let url = self.client.url(&msg);
         let timeout_ms = self.client.timeout().as_millis();
         let started = Instant::now();
-        let result = self.client.echo(&msg, &req.request_id);
+        let result = self.call_a(&msg, &req.request_id);
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let id = &req.request_id;
+        let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
+        self.upstream
+            .outcomes
+            .get_or_create(&Outcome { outcome })
+            .inc();
         match result {
             Ok(echo) => {
                 log::info!(target: "service_b", "call to Service A ok: GET {url} timeout={timeout_ms}ms status=200 {ms:.2}ms request_id={id}");
                 Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
             }
             Err(e) => {
-                log::warn!(target: "service_b", "call to Service A failed: GET {url} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
-                Response::json(
-                    503,
-                    &json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() }),
-                )
+                let verb = match e {
+                    CallError::Overloaded(_) | CallError::CircuitOpen(_) => "not made",
+                    _ => "failed",
+                };
+                log::warn!(target: "service_b", "call to Service A {verb}: GET {url} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
+                let body = json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() });
+                let response = Response::json(503, &body);
+                match e.retry_after() {
+                    Some(secs) => response.with_header("Retry-After", secs.to_string()),
+                    None => response,
+                }
             }
         }
+    }
+
+    /// The guarded call: a bulkhead slot, then the breaker's leave, then A.
+    fn call_a(&self, msg: &str, request_id: &str) -> Result<Value, CallError> {
+        let Some(_slot) = self.bulkhead.try_enter() else {
+            return Err(CallError::Overloaded(self.bulkhead.limit));
+        };
+        let permit = self.breaker.permit().map_err(CallError::CircuitOpen)?;
+        let started = Instant::now();
+        let result = self.client.echo(msg, request_id);
+        self.upstream
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        permit.record(result.is_ok());
+        result
     }
 }
 
 /// Starts Service B; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} workers={} log_level={}",
-        config.listen, config.service_a_url, config.timeout_ms, config.workers, config.log_level);
+    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} workers={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} log_level={}",
+        config.listen, config.service_a_url, config.timeout_ms, config.workers, config.max_inflight(),
+        config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
     let service = ServiceB::new(&config);
+    let metrics = service.metrics_handle();
     echo_core::serve(
         "service_b",
         &config.listen,
         config.workers.into(),
+        metrics,
         move |req| service.handle(req),
     )
 }

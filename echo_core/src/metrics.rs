@@ -1,0 +1,138 @@
+//! `GET /metrics` in the Prometheus text format (prometheus-client's OpenMetrics encoding):
+//! the request counters and latency histogram every service has, recorded by the server
+//! wrapper, plus whatever a service registers itself before it starts.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::http::Response;
+
+/// Labels of `http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+}
+
+/// Labels of `http_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: &'static str,
+}
+
+/// Latency buckets from 0.1 ms to 10 s, shared by every latency histogram.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
+/// One service's metrics. Label values are bounded: a route is one of the service's routes
+/// or `other`, a method one of the standard ones or `OTHER`, so no client can grow them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from receiving a request to having written its answer",
+            duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+        }
+    }
+
+    /// Where a service registers its own metrics, before it starts serving.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Records one answered request (called by the server wrapper).
+    pub fn observe(&self, method: &str, route: Option<&'static str>, status: u16, seconds: f64) {
+        let method = known_method(method);
+        let route = route.unwrap_or("other");
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabels { method, route })
+            .observe(seconds);
+    }
+
+    /// The `/metrics` answer.
+    pub fn render(&self) -> Response {
+        let mut body = String::new();
+        match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+            Ok(()) => Response::text(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            ),
+            Err(_) => Response::error(500, "Could not encode metrics"),
+        }
+    }
+}
+
+fn known_method(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_with_bounded_labels() {
+        let metrics = Metrics::new();
+        metrics.observe("GET", Some("/echo"), 200, 0.001);
+        metrics.observe("GET", Some("/echo"), 200, 0.002);
+        metrics.observe("BREW", None, 404, 0.001);
+        let text = metrics.render().body;
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="/echo",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_requests_total{method="OTHER",route="other",status="404"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_request_duration_seconds_count{method="GET",route="/echo"} 2"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The circuit breaker in front of Service A: after `threshold` failed calls in a row it
+//! opens for `cooldown`, and calls fail at once without reaching A; then one trial call is let
+//! through, and its outcome closes the breaker or opens it again.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Where the breaker stands; also the value of the `circuit_breaker_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Calls go through; `failures` in a row so far.
+    Closed { failures: u32 },
+    /// Calls fail at once until `until`; the first call after it is the trial.
+    Open { until: Instant },
+    /// The trial call is in flight; other calls fail at once.
+    HalfOpen,
+}
+
+impl State {
+    fn gauge_value(self) -> i64 {
+        match self {
+            State::Closed { .. } => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen => 2,
+        }
+    }
+}
+
+/// A circuit breaker; `threshold` 0 switches it off.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<State>,
+    gauge: Gauge,
+}
+
+/// Leave to make one call. Its outcome must be reported with [`Permit::record`]; a permit
+/// dropped without one (a panic) counts as a failure, so a trial can never stay in flight.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    recorded: bool,
+}
+
+impl Permit<'_> {
+    /// Reports the call's outcome.
+    pub fn record(mut self, ok: bool) {
+        self.recorded = true;
+        self.breaker.record(ok);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(false);
+        }
+    }
+}
+
+impl Breaker {
+    /// `gauge` shows the state: 0 closed, 1 open, 2 half-open.
+    pub fn new(threshold: u32, cooldown: Duration, gauge: Gauge) -> Breaker {
+        Breaker {
+            threshold,
+            cooldown,
+            state: Mutex::new(State::Closed { failures: 0 }),
+            gauge,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, state: &mut State, next: State) {
+        *state = next;
+        self.gauge.set(next.gauge_value());
+    }
+
+    /// Leave to call A, or how long until the breaker may let a call through.
+    pub fn permit(&self) -> Result<Permit<'_>, Duration> {
+        if self.threshold > 0 {
+            let mut state = self.lock();
+            match *state {
+                State::Closed { .. } => {}
+                State::Open { until } => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => return Err(left),
+                    _ => {
+                        self.set(&mut state, State::HalfOpen);
+                        log::warn!(target: "service_b", "circuit half-open: letting one trial call through to Service A");
+                    }
+                },
+                State::HalfOpen => return Err(self.cooldown.min(Duration::from_secs(1))),
+            }
+        }
+        Ok(Permit {
+            breaker: self,
+            recorded: false,
+        })
+    }
+
+    fn record(&self, ok: bool) {
+        if self.threshold == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        match (*state, ok) {
+            (State::Closed { .. }, true) => self.set(&mut state, State::Closed { failures: 0 }),
+            (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
+                self.set(
+                    &mut state,
+                    State::Open {
+                        until: Instant::now() + self.cooldown,
+                    },
+                );
+                log::warn!(target: "service_b", "circuit opened: {} failed calls in a row to Service A; failing fast for {}ms", failures + 1, self.cooldown.as_millis());
+            }
+            (State::Closed { failures }, false) => self.set(
+                &mut state,
+                State::Closed {
+                    failures: failures + 1,
+                },
+            ),
+            (State::HalfOpen, true) => {
+                self.set(&mut state, State::Closed { failures: 0 });
+                log::warn!(target: "service_b", "circuit closed: the trial call to Service A succeeded");
+            }
+            (State::HalfOpen, false) => {
+                self.set(
+                    &mut state,
+                    State::Open {
+                        until: Instant::now() + self.cooldown,
+                    },
+                );
+                log::warn!(target: "service_b", "circuit opened again: the trial call to Service A failed; failing fast for {}ms", self.cooldown.as_millis());
+            }
+            // A call let through before the breaker opened, finishing late: already counted.
+            (State::Open { .. }, _) => {}
+        }
+    }
+
+    /// `None` when B should get traffic: closed, or open with its cooldown over (the next
+    /// call is the trial, so reporting "not ready" then would keep traffic, and the trial,
+    /// away for good). Otherwise the reason.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.threshold == 0 {
+            return None;
+        }
+        match *self.lock() {
+            State::Closed { .. } => None,
+            State::Open { until } => until.checked_duration_since(Instant::now()).map(|left| {
+                format!(
+                    "circuit open: Service A failed {} calls in a row; next trial in {}ms",
+                    self.threshold,
+                    left.as_millis()
+                )
+            }),
+            State::HalfOpen => {
+                Some("circuit half-open: a trial call to Service A is in flight".to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
+        Breaker::new(
+            threshold,
+            Duration::from_millis(cooldown_ms),
+            Gauge::default(),
+        )
+    }
+
+    fn fail(b: &Breaker) {
+        b.permit().expect("permitted").record(false);
+    }
+
+    #[test]
+    fn opens_after_threshold_failures_in_a_row() {
+        let b = breaker(3, 60_000);
+        fail(&b);
+        fail(&b);
+        b.permit().expect("permitted").record(true); // resets the count
+        fail(&b);
+        fail(&b);
+        assert!(b.not_ready().is_none());
+        fail(&b);
+        let left = b.permit().expect_err("open");
+        assert!(left > Duration::from_secs(59), "{left:?}");
+        assert!(b.not_ready().is_some_and(|r| r.starts_with("circuit open")));
+        assert_eq!(b.gauge.get(), 1);
+    }
+
+    #[test]
+    fn one_trial_after_the_cooldown_closes_or_reopens() {
+        let b = breaker(1, 0);
+        fail(&b); // open, cooldown 0: the next permit is the trial
+        assert!(
+            b.not_ready().is_none(),
+            "cooldown over: ready for the trial"
+        );
+        let trial = b.permit().expect("trial");
+        assert_eq!(b.gauge.get(), 2);
+        assert!(b.permit().is_err(), "only one trial at a time");
+        assert!(b.not_ready().is_some_and(|r| r.contains("half-open")));
+        trial.record(false);
+        assert_eq!(b.gauge.get(), 1);
+        let trial = b.permit().expect("second trial");
+        trial.record(true);
+        assert_eq!(b.gauge.get(), 0);
+        assert!(b.permit().is_ok());
+    }
+
+    #[test]
+    fn a_dropped_trial_counts_as_a_failure() {
+        let b = breaker(1, 0);
+        fail(&b);
+        drop(b.permit().expect("trial"));
+        assert_eq!(b.gauge.get(), 1);
+    }
+
+    #[test]
+    fn threshold_zero_is_off() {
+        let b = breaker(0, 60_000);
+        for _ in 0..100 {
+            fail(&b);
+        }
+        assert!(b.permit().is_ok());
+        assert!(b.not_ready().is_none());
+    }
+}

@@ -141,6 +141,7 @@ pub enum Behaviour {
 pub struct FakeA {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl FakeA {
@@ -148,15 +149,42 @@ impl FakeA {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake A");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&requests);
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let (seen, current) = (Arc::clone(&requests), Arc::clone(&behaviour));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let behaviour = behaviour.clone();
+                let behaviour = current
+                    .lock()
+                    .map(|b| b.clone())
+                    .unwrap_or(Behaviour::Silent);
                 let seen = Arc::clone(&seen);
                 thread::spawn(move || serve_fake(stream, &behaviour, &seen));
             }
         });
-        FakeA { addr, requests }
+        FakeA {
+            addr,
+            requests,
+            behaviour,
+        }
+    }
+
+    /// Changes what the fake does with the next connections.
+    pub fn set(&self, behaviour: Behaviour) {
+        if let Ok(mut b) = self.behaviour.lock() {
+            *b = behaviour;
+        }
+    }
+
+    /// Waits up to 10 s until at least `n` requests have arrived; false if they did not.
+    pub fn wait_for_requests(&self, n: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.requests().len() < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 
     /// `http://addr`, for `--service-a-url`.

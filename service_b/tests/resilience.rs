@@ -1,0 +1,207 @@
+//! B's resilience over real sockets: the bulkhead, the circuit breaker, readiness, metrics,
+//! and A's fault injection seen through B.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use echo_tests::{get, Behaviour, FakeA};
+use serde_json::json;
+use service_b::{spawn, Config};
+
+fn b_with(url: &str, flags: &[&str]) -> echo_core::ServerHandle {
+    let mut args = vec![
+        "service_b",
+        "--listen",
+        "127.0.0.1:0",
+        "--service-a-url",
+        url,
+    ];
+    args.extend_from_slice(flags);
+    spawn(<Config as clap::Parser>::parse_from(args)).expect("start service_b")
+}
+
+#[test]
+fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
+    let fake = FakeA::start(Behaviour::Silent);
+    let b = b_with(
+        &fake.url(),
+        &[
+            "--max-inflight",
+            "2",
+            "--workers",
+            "8",
+            "--timeout-ms",
+            "1500",
+            "--breaker-threshold",
+            "0",
+        ],
+    );
+    let addr = b.addr();
+    let held: Vec<_> = (0..2)
+        .map(|_| thread::spawn(move || get(addr, "/call-echo?msg=held")))
+        .collect();
+    assert!(fake.wait_for_requests(2), "the two calls never reached A");
+
+    for _ in 0..4 {
+        let started = Instant::now();
+        let r = get(addr, "/call-echo?msg=extra");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["kind"], "overloaded");
+        assert_eq!(r.header("Retry-After"), Some("1"));
+    }
+    let started = Instant::now();
+    assert_eq!(get(addr, "/health").status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(fake.requests().len(), 2, "an overloaded call reached A");
+
+    for h in held {
+        let r = h.join().expect("client");
+        assert_eq!(r.json()["kind"], "timeout");
+    }
+    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+    assert!(
+        metrics.contains(r#"upstream_requests_total{outcome="overloaded"} 4"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"upstream_requests_total{outcome="timeout"} 2"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("upstream_in_flight 0"), "{metrics}");
+}
+
+/// Polls `/ready` (the breaker's own signal) until it answers `status`.
+fn wait_ready(b: &echo_core::ServerHandle, status: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(b.addr(), "/ready").status != status {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+#[test]
+fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
+    let fake = FakeA::start(Behaviour::Answer(500, r#"{"error":"down"}"#.into()));
+    let b = b_with(
+        &fake.url(),
+        &["--breaker-threshold", "3", "--breaker-cooldown-ms", "700"],
+    );
+    assert_eq!(get(b.addr(), "/ready").json(), json!({"status": "ready"}));
+    for _ in 0..3 {
+        assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "status");
+    }
+    assert_eq!(fake.requests().len(), 3);
+
+    let started = Instant::now();
+    let open = get(b.addr(), "/call-echo?msg=x");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(open.status, 503);
+    assert_eq!(open.json()["kind"], "circuit_open");
+    assert_eq!(open.header("Retry-After"), Some("1"));
+    assert_eq!(
+        fake.requests().len(),
+        3,
+        "A was called while the breaker was open"
+    );
+    let ready = get(b.addr(), "/ready");
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "not ready");
+    assert!(ready.json()["reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("circuit open")));
+    assert_eq!(
+        get(b.addr(), "/health").status,
+        200,
+        "liveness is not readiness"
+    );
+
+    // A still fails: the trial call after the cooldown opens the breaker again.
+    assert!(wait_ready(&b, 200), "never ready for a trial");
+    assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "status");
+    assert_eq!(
+        get(b.addr(), "/call-echo?msg=x").json()["kind"],
+        "circuit_open"
+    );
+    assert_eq!(fake.requests().len(), 4);
+
+    // A recovers: the next trial succeeds and closes the breaker.
+    fake.set(Behaviour::Answer(200, r#"{"echo":"x"}"#.into()));
+    assert!(wait_ready(&b, 200), "never ready for a trial");
+    assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
+    assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
+    assert_eq!(get(b.addr(), "/ready").status, 200);
+    let metrics = String::from_utf8_lossy(&get(b.addr(), "/metrics").body).into_owned();
+    assert!(metrics.contains("circuit_breaker_state 0"), "{metrics}");
+    assert!(
+        metrics.contains(r#"upstream_requests_total{outcome="circuit_open"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"upstream_requests_total{outcome="ok"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let a = service_a::spawn(service_a::Config::on("127.0.0.1:0")).expect("start A");
+    let b = b_with(&a.url(), &[]);
+    for _ in 0..3 {
+        assert_eq!(get(b.addr(), "/call-echo?msg=m").status, 200);
+    }
+    assert_eq!(get(b.addr(), "/nope/123").status, 404);
+    let reply = get(b.addr(), "/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .header("Content-Type")
+        .is_some_and(|c| c.starts_with("application/openmetrics-text")));
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    for needle in [
+        r#"http_requests_total{method="GET",route="/call-echo",status="200"} 3"#,
+        r#"http_requests_total{method="GET",route="other",status="404"} 1"#,
+        r#"http_request_duration_seconds_count{method="GET",route="/call-echo"} 3"#,
+        r#"upstream_requests_total{outcome="ok"} 3"#,
+        "upstream_request_duration_seconds_count 3",
+        "# TYPE circuit_breaker_state gauge",
+    ] {
+        assert!(text.contains(needle), "missing {needle}: {text}");
+    }
+    let a_text = String::from_utf8_lossy(&get(a.addr(), "/metrics").body).into_owned();
+    assert!(
+        a_text.contains(r#"http_requests_total{method="GET",route="/echo",status="200"} 3"#),
+        "{a_text}"
+    );
+}
+
+#[test]
+fn b_forwards_only_msg_so_faults_cannot_be_injected_through_it() {
+    let a = service_a::spawn(service_a::Config::on("127.0.0.1:0")).expect("start A");
+    let b = b_with(&a.url(), &[]);
+    let r = get(b.addr(), "/call-echo?msg=x&status=500&delay_ms=5000");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"msg": "x", "echo_response": {"echo": "x"}})
+    );
+    assert_eq!(get(a.addr(), "/echo?msg=x&status=503").status, 503);
+}
+
+#[test]
+fn a_failing_at_a_seeded_rate_is_seen_as_status_failures() {
+    let mut config = service_a::Config::on("127.0.0.1:0");
+    config.fail_rate = 1.0;
+    config.fail_status = 502;
+    let a = service_a::spawn(config).expect("start A");
+    let b = b_with(&a.url(), &["--breaker-threshold", "0"]);
+    let r = get(b.addr(), "/call-echo?msg=x");
+    assert_eq!(r.json()["details"], "Service A returned HTTP 502");
+    assert_eq!(get(a.addr(), "/health").status, 200);
+}

@@ -207,6 +207,7 @@ fn idle_connections_do_not_starve_either_service() {
             &format!("http://{}", a.addr),
         ],
     );
+    let before = (a.rss_kib(), a.threads(), b.rss_kib(), b.threads());
     let mut idle = Vec::new();
     for service in [&a, &b] {
         for i in 0..500 {
@@ -223,7 +224,7 @@ fn idle_connections_do_not_starve_either_service() {
     assert_eq!(get(b.addr, "/health").status, 200);
     assert_eq!(get(b.addr, "/call-echo?msg=still").status, 200);
     eprintln!(
-        "with 500 idle connections each: answered in {:?}; A {} KiB RSS, {} threads; B {} KiB RSS, {} threads",
+        "with 500 idle connections each: answered in {:?}; A {} KiB RSS, {} threads; B {} KiB RSS, {} threads (before: {before:?})",
         started.elapsed(), a.rss_kib(), a.threads(), b.rss_kib(), b.threads()
     );
     assert_healthy(&a);

@@ -102,6 +102,11 @@ impl Response {
     }
 }
 
+/// The liveness answer both services give on `/health`: 200 whenever the process serves.
+pub fn health() -> Response {
+    Response::json(200, &json!({ "status": "ok" }))
+}
+
 /// A route's handler: a plain function of the service state and the request.
 pub type Handler<S> = fn(&S, &Request) -> Response;
 

@@ -128,19 +128,11 @@ impl ServiceA {
             self,
             req,
             &[
-                ("/health", Self::health),
+                ("/health", |_, _| echo_core::http::health()),
                 ("/echo", Self::echo),
-                ("/metrics", Self::metrics),
+                ("/metrics", |s, _| s.metrics.render()),
             ],
         )
-    }
-
-    fn health(&self, _: &Request) -> Response {
-        Response::json(200, &json!({ "status": "ok" }))
-    }
-
-    fn metrics(&self, _: &Request) -> Response {
-        self.metrics.render()
     }
 
     fn echo(&self, req: &Request) -> Response {

@@ -212,16 +212,12 @@ impl ServiceB {
             self,
             req,
             &[
-                ("/health", Self::health),
+                ("/health", |_, _| echo_core::http::health()),
                 ("/ready", Self::ready),
                 ("/call-echo", Self::call_echo),
-                ("/metrics", Self::metrics),
+                ("/metrics", |s, _| s.metrics.render()),
             ],
         )
-    }
-
-    fn health(&self, _: &Request) -> Response {
-        Response::json(200, &json!({ "status": "ok" }))
     }
 
     fn ready(&self, _: &Request) -> Response {
@@ -231,10 +227,6 @@ impl ServiceB {
                 Response::json(503, &json!({ "status": "not ready", "reason": reason }))
             }
         }
-    }
-
-    fn metrics(&self, _: &Request) -> Response {
-        self.metrics.render()
     }
 
     fn call_echo(&self, req: &Request) -> Response {

@@ -10,10 +10,13 @@
 //!   socket is shut down for reading first, so the drain ends at once ([`respond`]);
 //! - [`DrainSafeAlloc`] serves zeroed allocations of 1 GiB or more from an untouched
 //!   `MAP_NORESERVE` mapping, so that drain's buffer costs address space, not memory.
+//!
+//! Also here: [`unstarve`], for connections tiny_http's thread pool leaves waiting.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
@@ -81,36 +84,119 @@ pub fn respond(
 /// tiny_http does not expose a request's socket, so find it among our descriptors by its
 /// two addresses. Only ever runs for a refused body.
 fn shutdown_read(local_port: u16, peer: SocketAddr) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(raw) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: the descriptor is only borrowed for getpeername, getsockname and shutdown;
-        // if it is closed meanwhile they fail with EBADF, and a reused number is rejected by
-        // the address check.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        let sock = SockRef::from(&fd);
-        let peer_matches = sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(peer);
-        if peer_matches
-            && sock
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .map(|a| a.port())
-                == Some(local_port)
-        {
-            let _ = sock.shutdown(std::net::Shutdown::Read);
-            return;
+    if let Some(conn) = connections(local_port).into_iter().find(|c| c.peer == peer) {
+        conn.shutdown_read();
+    }
+}
+
+/// One accepted connection of ours, found among the process's descriptors.
+struct Connection {
+    fd: BorrowedFd<'static>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    fn sock(&self) -> SockRef<'_> {
+        SockRef::from(&self.fd)
+    }
+
+    fn shutdown_read(&self) {
+        let _ = self.sock().shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Bytes received and not yet read.
+    fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let ok = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut n) } == 0;
+        if ok {
+            n.max(0) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Milliseconds since the peer last sent data.
+    fn idle_ms(&self) -> u32 {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes of it.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let ok = libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            ) == 0;
+            if ok {
+                info.tcpi_last_data_recv
+            } else {
+                0
+            }
         }
     }
 }
+
+/// The connected sockets of this process whose local port is `local_port`: the connections
+/// a server on that port accepted (B's own calls to A have other local ports).
+fn connections(local_port: u16) -> Vec<Connection> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|raw| {
+            // SAFETY: the descriptor is only borrowed for getsockname, getpeername,
+            // getsockopt, ioctl and shutdown; if it is closed meanwhile they fail with EBADF,
+            // and a reused number is at worst another connection of ours shut down for
+            // reading, which HTTP lets a server do to an idle connection.
+            let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+            let sock = SockRef::from(&fd);
+            let local = sock.local_addr().ok()?.as_socket()?;
+            let peer = sock.peer_addr().ok()?.as_socket()?;
+            (local.port() == local_port).then_some(Connection { fd, peer })
+        })
+        .collect()
+}
+
+/// tiny_http 0.12 hands each connection to a pool thread (`util::TaskPool`), and counts an
+/// idle thread as free until that thread wakes up; a burst of new connections can therefore
+/// be queued behind one thread, and a queued connection waits until another connection
+/// closes: with keep-alive clients, seconds or for good (B's first calls after A starts time
+/// out). Called every [`UNSTARVE_EVERY`], this notices connections whose bytes nobody has
+/// read for two calls in a row, and shuts down for reading as many idle keep-alive
+/// connections (longest idle first), which frees their threads for the waiting ones. HTTP
+/// lets a server close an idle connection at any time; B retries such a call once.
+/// `unread_for` carries the counts between calls. Returns how many were closed.
+pub fn unstarve(local_port: u16, unread_for: &mut HashMap<SocketAddr, u32>) -> usize {
+    let conns = connections(local_port);
+    let mut idle = Vec::new();
+    let mut waiting = 0;
+    let mut seen = HashMap::with_capacity(conns.len());
+    for conn in &conns {
+        if conn.unread() > 0 {
+            let n = unread_for.get(&conn.peer).copied().unwrap_or(0) + 1;
+            waiting += usize::from(n >= 2);
+            seen.insert(conn.peer, n);
+        } else {
+            idle.push((conn.idle_ms(), conn));
+        }
+    }
+    *unread_for = seen;
+    if waiting == 0 {
+        return 0;
+    }
+    idle.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
+    let freed: Vec<_> = idle.into_iter().take(waiting).collect();
+    for (_, conn) in &freed {
+        conn.shutdown_read();
+    }
+    freed.len()
+}
+
+/// How often the server loop calls [`unstarve`].
+pub const UNSTARVE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The global allocator of both services: the system allocator, except that allocations of
 /// 1 GiB or more come from anonymous `MAP_NORESERVE` mappings. Only tiny_http's drain of a

@@ -124,6 +124,10 @@ pub fn serve(
                 .spawn(move || shared.work())
         })
         .collect::<io::Result<Vec<_>>>()?;
+    let watched = Arc::clone(&shared);
+    thread::Builder::new()
+        .name(format!("{name}-watchdog"))
+        .spawn(move || watched.watch(addr.port()))?;
     log::info!(target: name, "listening on http://{addr}");
     Ok(ServerHandle {
         addr,
@@ -243,6 +247,19 @@ impl Shared {
             list.extend(guard.iter().take(MAX_RETIRED).cloned());
             *guard = Arc::from(list);
             log::info!(target: self.name, "accept thread restarted");
+        }
+    }
+
+    /// Frees threads for connections tiny_http's pool left waiting (see [`guard::unstarve`]),
+    /// until the server stops.
+    fn watch(&self, port: u16) {
+        let mut unread_for = std::collections::HashMap::new();
+        while !self.stopping.load(Ordering::SeqCst) {
+            thread::sleep(guard::UNSTARVE_EVERY);
+            let closed = guard::unstarve(port, &mut unread_for);
+            if closed > 0 {
+                log::warn!(target: self.name, "connections were waiting for a tiny_http thread: closed {closed} idle keep-alive connection(s) to free threads");
+            }
         }
     }
 

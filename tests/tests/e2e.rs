@@ -231,3 +231,34 @@ fn env_vars_configure_the_binaries() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timeout"));
 }
+
+#[test]
+fn a_burst_of_new_connections_is_served_at_once() {
+    // Fresh services, so every call opens a new connection from B to A at the same moment.
+    // tiny_http 0.12 can queue such a connection behind a busy thread until another
+    // connection closes; B's deadline would then turn it into a 503 timeout.
+    let a = start_a(&[]);
+    let b = start_b(&format!("http://{}", a.addr), &["--timeout-ms", "3000"]);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let (addr, barrier) = (b.addr, std::sync::Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let reply = get(addr, &format!("/call-echo?msg=burst{i}"));
+                (
+                    reply.status,
+                    started.elapsed(),
+                    reply.json()["kind"].clone(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = calls
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let slow: Vec<_> = results.iter().filter(|r| r.0 != 200).collect();
+    assert!(slow.is_empty(), "{} of 50 failed: {slow:?}", slow.len());
+}

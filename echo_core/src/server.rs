@@ -214,6 +214,9 @@ impl Shared {
     /// up to 250 ms, and only every 20th of them is logged, so exhausted descriptors cost a
     /// few attempts a second and recovery takes well under a second once they are free.
     fn replace_server(&self, dead: Option<&Arc<tiny_http::Server>>, why: &str) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return; // the stop itself ends the accept thread
+        }
         let wait = {
             let mut streak = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
             let (last, n) = *streak;

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 
 use echo_core::http::form_encode;
 use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
 
 /// Largest body accepted from A; an echo of the longest possible message fits easily.
@@ -91,6 +96,36 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// ureq 3.5's resolver looks the host up on every call, before it checks its pool of idle
+/// connections, and with a timeout set (ours always is) it does so on a new thread, even for
+/// an IP address: one thread spawned per call to A. An address needs no lookup, so it is
+/// answered here; a host name still goes to ureq's resolver.
+#[derive(Debug, Default)]
+struct AddressFirst(DefaultResolver);
+
+impl Resolver for AddressFirst {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                let mut addrs = self.empty();
+                addrs.push(SocketAddr::new(ip, uri.port_u16().unwrap_or(80)));
+                Ok(addrs)
+            }
+            Err(_) => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
+
 /// How one attempt failed: `Stale` is an I/O failure before any byte of the answer, which on
 /// a pooled connection means A closed it meanwhile (restarted); worth one more try.
 enum Attempt {
@@ -112,15 +147,15 @@ impl EchoClient {
     /// connections to keep, at least B's worker count so that calls reuse them.
     pub fn new(base: &str, timeout: Duration, idle: usize) -> EchoClient {
         let agent = |idle: usize| -> Agent {
-            Agent::config_builder()
+            let config = Agent::config_builder()
                 .timeout_global(Some(timeout))
                 .http_status_as_error(false)
                 .proxy(None)
                 .max_redirects(0)
                 .max_idle_connections(idle)
                 .max_idle_connections_per_host(idle)
-                .build()
-                .into()
+                .build();
+            Agent::with_parts(config, DefaultConnector::new(), AddressFirst::default())
         };
         EchoClient {
             base: base.trim_end_matches('/').to_string(),
@@ -309,6 +344,30 @@ mod tests {
         ] {
             assert_eq!(parse_echo(bad).unwrap_err().kind(), "bad_response");
         }
+    }
+
+    #[test]
+    fn addresses_are_not_looked_up() {
+        let resolve = |url: &str| {
+            let uri: Uri = url.parse().expect("uri");
+            let config = ureq::config::Config::default();
+            let timeout = NextTimeout {
+                after: ureq::unversioned::transport::time::Duration::from_secs(1),
+                ..NextTimeout::default()
+            };
+            AddressFirst::default()
+                .resolve(&uri, &config, timeout)
+                .map(|a| a.to_vec())
+        };
+        let v4: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        assert_eq!(resolve("http://127.0.0.1:8080/echo").ok(), Some(vec![v4]));
+        let v6: SocketAddr = "[::1]:80".parse().expect("addr");
+        assert_eq!(resolve("http://[::1]/echo").ok(), Some(vec![v6]));
+        let named = resolve("http://localhost:9/").unwrap_or_default();
+        assert!(
+            named.iter().any(|a| a.ip().is_loopback() && a.port() == 9),
+            "{named:?}"
+        );
     }
 
     #[test]

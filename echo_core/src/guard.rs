@@ -116,8 +116,9 @@ impl Connection {
         }
     }
 
-    /// Milliseconds since the peer last sent data.
-    fn idle_ms(&self) -> u32 {
+    /// The kernel's view of the connection: total bytes received, and milliseconds since
+    /// data was last received and last sent.
+    fn info(&self) -> Option<(u64, u32, u32)> {
         // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes of it.
         unsafe {
             let mut info: libc::tcp_info = std::mem::zeroed();
@@ -129,11 +130,11 @@ impl Connection {
                 (&mut info as *mut libc::tcp_info).cast(),
                 &mut len,
             ) == 0;
-            if ok {
-                info.tcpi_last_data_recv
-            } else {
-                0
-            }
+            ok.then_some((
+                info.tcpi_bytes_received,
+                info.tcpi_last_data_recv,
+                info.tcpi_last_data_sent,
+            ))
         }
     }
 }
@@ -164,35 +165,35 @@ fn connections(local_port: u16) -> Vec<Connection> {
 /// idle thread as free until that thread wakes up; a burst of new connections can therefore
 /// be queued behind one thread, and a queued connection waits until another connection
 /// closes: with keep-alive clients, seconds or for good (B's first calls after A starts time
-/// out). Called every [`UNSTARVE_EVERY`], this notices connections whose bytes nobody has
-/// read for two calls in a row, and shuts down for reading as many idle keep-alive
-/// connections (longest idle first), which frees their threads for the waiting ones. HTTP
-/// lets a server close an idle connection at any time; B retries such a call once.
-/// `unread_for` carries the counts between calls. Returns how many were closed.
-pub fn unstarve(local_port: u16, unread_for: &mut HashMap<SocketAddr, u32>) -> usize {
-    let conns = connections(local_port);
-    let mut idle = Vec::new();
+/// out). Called every [`UNSTARVE_EVERY`], this finds connections that are waiting (bytes
+/// unread, and not one byte more received since the previous call, so nobody is reading
+/// them) and shuts down for reading as many idle keep-alive connections: no bytes unread
+/// and answered since their last request, so their thread sits in a read; longest idle
+/// first. That frees those threads for the waiting connections. HTTP lets a server close an
+/// idle connection at any time, and B retries a call that meets one. `waiting_since` carries
+/// the received-byte counts between calls. Returns how many connections were closed.
+pub fn unstarve(local_port: u16, waiting_since: &mut HashMap<SocketAddr, u64>) -> usize {
     let mut waiting = 0;
-    let mut seen = HashMap::with_capacity(conns.len());
-    for conn in &conns {
+    let mut unread_now = HashMap::new();
+    let mut idle = Vec::new();
+    for conn in connections(local_port) {
+        let Some((received, last_recv_ms, last_sent_ms)) = conn.info() else {
+            continue;
+        };
         if conn.unread() > 0 {
-            let n = unread_for.get(&conn.peer).copied().unwrap_or(0) + 1;
-            waiting += usize::from(n >= 2);
-            seen.insert(conn.peer, n);
-        } else {
-            idle.push((conn.idle_ms(), conn));
+            waiting += usize::from(waiting_since.get(&conn.peer) == Some(&received));
+            unread_now.insert(conn.peer, received);
+        } else if last_sent_ms <= last_recv_ms {
+            idle.push((last_recv_ms, conn));
         }
     }
-    *unread_for = seen;
-    if waiting == 0 {
-        return 0;
-    }
+    *waiting_since = unread_now;
     idle.sort_by_key(|(ms, _)| std::cmp::Reverse(*ms));
-    let freed: Vec<_> = idle.into_iter().take(waiting).collect();
-    for (_, conn) in &freed {
+    let freed = idle.len().min(waiting);
+    for (_, conn) in idle.iter().take(freed) {
         conn.shutdown_read();
     }
-    freed.len()
+    freed
 }
 
 /// How often the server loop calls [`unstarve`].

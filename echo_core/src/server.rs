@@ -256,10 +256,10 @@ impl Shared {
     /// Frees threads for connections tiny_http's pool left waiting (see [`guard::unstarve`]),
     /// until the server stops.
     fn watch(&self, port: u16) {
-        let mut unread_for = std::collections::HashMap::new();
+        let mut waiting_since = std::collections::HashMap::new();
         while !self.stopping.load(Ordering::SeqCst) {
             thread::sleep(guard::UNSTARVE_EVERY);
-            let closed = guard::unstarve(port, &mut unread_for);
+            let closed = guard::unstarve(port, &mut waiting_since);
             if closed > 0 {
                 log::warn!(target: self.name, "connections were waiting for a tiny_http thread: closed {closed} idle keep-alive connection(s) to free threads");
             }

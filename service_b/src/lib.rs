@@ -46,11 +46,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub timeout_ms: u64,
     /// Worker threads answering requests; each /call-echo holds one for up to --timeout-ms.
-    #[arg(long, env = "SERVICE_B_WORKERS", default_value_t = 64,
+    #[arg(long, env = "SERVICE_B_WORKERS", default_value_t = 72,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
     /// Calls to Service A in flight at most; more get 503 `overloaded` at once
-    /// [default: workers minus an eighth of them (at least 2), so workers stay free for /health].
+    /// [default: workers minus 8 (minus half of them when fewer than 16), which stay free for /health].
     #[arg(long, env = "SERVICE_B_MAX_INFLIGHT",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_inflight: Option<u16>,
@@ -82,7 +82,7 @@ impl Config {
         let workers = usize::from(self.workers);
         self.max_inflight
             .map(usize::from)
-            .unwrap_or_else(|| workers.saturating_sub((workers / 8).max(2)).max(1))
+            .unwrap_or_else(|| (workers - (workers / 2).min(8)).max(1))
     }
 }
 
@@ -388,5 +388,10 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8081");
         assert_eq!(c.service_a_url, "http://127.0.0.1:8080");
         assert_eq!(c.timeout_ms, 2000);
+        assert_eq!((c.workers, c.max_inflight()), (72, 64));
+        let small = Config::parse_from(["service_b", "--workers", "4"]);
+        assert_eq!(small.max_inflight(), 2);
+        let one = Config::parse_from(["service_b", "--workers", "1"]);
+        assert_eq!(one.max_inflight(), 1);
     }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -62,6 +63,9 @@ pub struct Response {
     pub body: String,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
+    /// How long to wait before sending it (fault injection). The server waits on a timer
+    /// thread, so a delayed answer holds no worker.
+    pub delay: Duration,
 }
 
 impl Response {
@@ -73,6 +77,7 @@ impl Response {
             body: value.to_string(),
             content_type: "application/json",
             headers: Vec::new(),
+            delay: Duration::ZERO,
         }
     }
 
@@ -93,6 +98,12 @@ impl Response {
     /// Adds a header such as `Allow` or `Retry-After`.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Sends this response only after `delay`.
+    pub fn after(mut self, delay: Duration) -> Response {
+        self.delay = delay;
         self
     }
 

@@ -7,11 +7,13 @@
 //! survives, notice the death (the error from `recv`, or the panic hook below) and build a
 //! fresh `Server` from a clone of the listener.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, RwLock};
+use std::sync::{Arc, Condvar, Mutex, Once, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,13 @@ const POLL: Duration = Duration::from_millis(100);
 const RESTART_WAIT: Duration = Duration::from_millis(250);
 /// Retired servers (whose accept thread we believed dead) still drained, at most.
 const MAX_RETIRED: usize = 4;
+
+/// Twice the CPUs (at least 2): enough workers for handlers that never block. More only add
+/// wake-ups: with 64 workers A served about a fifth fewer requests a second than with 4.
+pub fn default_workers() -> u16 {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from(cpus * 2).unwrap_or(1024).clamp(2, 1024)
+}
 
 /// The request handler a service gives to [`serve`].
 pub type HandlerFn = dyn Fn(&Request) -> Response + Send + Sync + 'static;
@@ -51,12 +60,22 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, lets the workers finish what was already received, and waits at most
-    /// `grace` for them. Returns how many requests were still in flight when it gave up.
+    /// Stops accepting new connections at once; [`ServerHandle::shutdown`] does this too.
+    pub fn stop_accepting(&self) {
+        self.shared.stop();
+    }
+
+    /// Stops accepting, lets the workers finish what was already received (delayed answers
+    /// included), and waits at most `grace` for them. Returns how many requests were still
+    /// in flight when it gave up.
     pub fn shutdown(mut self, grace: Duration) -> usize {
         self.shared.stop();
         let deadline = Instant::now() + grace;
-        while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+        let busy = |workers: &[JoinHandle<()>]| {
+            workers.iter().any(|w| !w.is_finished())
+                || self.shared.in_flight.load(Ordering::SeqCst) > 0
+        };
+        while busy(&self.workers) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
         for worker in std::mem::take(&mut self.workers) {
@@ -113,6 +132,8 @@ pub fn serve(
         restarts: Mutex::new((Instant::now(), 0)),
         stopping: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        timer: Mutex::new(Timer::default()),
+        timer_wake: Condvar::new(),
         metrics,
         handler: Box::new(handler),
     });
@@ -124,6 +145,10 @@ pub fn serve(
                 .spawn(move || shared.work())
         })
         .collect::<io::Result<Vec<_>>>()?;
+    let timed = Arc::clone(&shared);
+    thread::Builder::new()
+        .name(format!("{name}-timer"))
+        .spawn(move || timed.run_timer())?;
     let watched = Arc::clone(&shared);
     thread::Builder::new()
         .name(format!("{name}-watchdog"))
@@ -174,6 +199,8 @@ struct Shared {
     restarts: Mutex<(Instant, u32)>,
     stopping: AtomicBool,
     in_flight: AtomicUsize,
+    timer: Mutex<Timer>,
+    timer_wake: Condvar,
     metrics: Arc<Metrics>,
     handler: Box<HandlerFn>,
 }
@@ -274,7 +301,8 @@ impl Shared {
         }
     }
 
-    /// The one wrapper every request goes through.
+    /// The one wrapper every request goes through: limits, request id, the handler (a panic
+    /// becomes a 500), then the answer is written now or, when delayed, by the timer.
     fn answer(&self, rq: tiny_http::Request) {
         let started = Instant::now();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -292,8 +320,34 @@ impl Shared {
             None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
                 .unwrap_or_else(|_| Response::error(500, "Internal server error")),
         };
-        let status = response.status;
-        let route = response.route;
+        let answer = Answer {
+            rq,
+            response,
+            close,
+            started,
+            method,
+            path: req.path,
+            id,
+        };
+        if answer.response.delay.is_zero() {
+            self.finish(answer);
+        } else {
+            self.delay(answer);
+        }
+    }
+
+    /// Writes the answer, records it and writes the access line.
+    fn finish(&self, answer: Answer) {
+        let Answer {
+            rq,
+            response,
+            close,
+            started,
+            method,
+            path,
+            id,
+        } = answer;
+        let (status, route) = (response.status, response.route);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let port = self.listener.local_addr().map_or(0, |a| a.port());
             guard::respond(rq, to_tiny(response, &id, close), close, port)
@@ -303,19 +357,86 @@ impl Shared {
             Ok(Err(e)) => log::debug!(target: self.name, "writing the response failed: {e}"),
             Err(_) => log::error!(target: self.name, "finishing request {id} panicked"),
         }
-
         let level = if status >= 500 {
             Level::Warn
         } else {
             Level::Info
         };
-        let path = req.path;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.observe(&method, route, status, seconds);
         let ms = seconds * 1000.0;
         log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+
+    /// Hands a delayed answer to the timer thread, or, once that has ended (shutdown),
+    /// waits here.
+    fn delay(&self, answer: Answer) {
+        let due = Instant::now() + answer.response.delay;
+        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        if timer.ended {
+            drop(timer);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            return self.finish(answer);
+        }
+        timer.seq += 1;
+        let seq = timer.seq;
+        timer.due.push(Reverse((due, seq)));
+        timer.answers.insert(seq, answer);
+        self.timer_wake.notify_one();
+    }
+
+    /// The timer thread: writes each delayed answer when it is due. It ends once the server
+    /// is stopping and nothing is in flight.
+    fn run_timer(&self) {
+        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            let wait = match timer.due.peek() {
+                Some(&Reverse((at, seq))) if at <= now => {
+                    timer.due.pop();
+                    if let Some(answer) = timer.answers.remove(&seq) {
+                        drop(timer);
+                        self.finish(answer);
+                        timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+                    }
+                    continue;
+                }
+                Some(&Reverse((at, _))) => at - now,
+                None if self.stopping.load(Ordering::SeqCst)
+                    && self.in_flight.load(Ordering::SeqCst) == 0 =>
+                {
+                    timer.ended = true;
+                    return;
+                }
+                None => POLL,
+            };
+            timer = match self.timer_wake.wait_timeout(timer, wait) {
+                Ok((t, _)) => t,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// A request answered by its handler, waiting to be written.
+struct Answer {
+    rq: tiny_http::Request,
+    response: Response,
+    close: bool,
+    started: Instant,
+    method: String,
+    path: String,
+    id: String,
+}
+
+/// Delayed answers by due time (then arrival), for the timer thread.
+#[derive(Default)]
+struct Timer {
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    answers: HashMap<u64, Answer>,
+    seq: u64,
+    ended: bool,
 }
 
 fn header(rq: &tiny_http::Request, name: &str) -> Option<String> {

@@ -7,7 +7,6 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
@@ -43,8 +42,9 @@ pub struct Config {
     /// Largest per-request `delay_ms` honoured; larger values are capped to it.
     #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = 10_000)]
     pub max_delay_ms: u64,
-    /// Worker threads answering requests; each delayed /echo holds one while it waits.
-    #[arg(long, env = "SERVICE_A_WORKERS", default_value_t = 32,
+    /// Worker threads answering requests (twice the CPUs by default). A delayed answer waits on
+    /// a timer thread, not on a worker.
+    #[arg(long, env = "SERVICE_A_WORKERS", default_value_t = echo_core::server::default_workers(),
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
     /// Log level: off, error, warn, info, debug or trace.
@@ -141,19 +141,17 @@ impl ServiceA {
             Err(message) => return Response::error(400, &message),
         };
         let delay = self.delay + delay.min(self.max_delay);
-        if !delay.is_zero() {
-            thread::sleep(delay);
-        }
-        if let Some(status) = status {
+        let response = if let Some(status) = status {
             log::info!(target: "service_a", "injected status {status} (asked for) request_id={}", req.request_id);
-            return Response::error(status, &format!("Injected status {status}"));
-        }
-        if self.fail_rate > 0.0 && self.draws.draw() < self.fail_rate {
+            Response::error(status, &format!("Injected status {status}"))
+        } else if self.fail_rate > 0.0 && self.draws.draw() < self.fail_rate {
             let status = self.fail_status;
             log::info!(target: "service_a", "injected failure {status} (fail-rate {}) request_id={}", self.fail_rate, req.request_id);
-            return Response::error(status, "Injected failure");
-        }
-        Response::json(200, &json!({ "echo": msg }))
+            Response::error(status, "Injected failure")
+        } else {
+            Response::json(200, &json!({ "echo": msg }))
+        };
+        response.after(delay)
     }
 }
 
@@ -293,18 +291,18 @@ mod tests {
     }
 
     #[test]
-    fn per_request_delay_is_capped() {
+    fn delays_add_up_and_the_asked_one_is_capped() {
         let mut config = Config::on("127.0.0.1:0");
         config.max_delay_ms = 50;
-        let started = std::time::Instant::now();
+        config.delay_ms = 7;
+        let r = service(&config).handle(&Request::get("/echo?delay_ms=60000"));
+        assert_eq!((r.status, r.delay), (200, Duration::from_millis(57)));
+        let r = service(&config).handle(&Request::get("/echo?delay_ms=3&status=502"));
+        assert_eq!((r.status, r.delay), (502, Duration::from_millis(10)));
         assert_eq!(
-            service(&config)
-                .handle(&Request::get("/echo?delay_ms=60000"))
-                .status,
-            200
+            service(&config).handle(&Request::get("/health")).delay,
+            Duration::ZERO
         );
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

@@ -69,3 +69,32 @@ fn delay_applies_to_echo_only() {
     assert!(echo.as_millis() >= 600, "echo took {echo:?}");
     assert!(health.as_millis() < 600, "health took {health:?}");
 }
+
+#[test]
+fn delayed_answers_hold_no_worker() {
+    let mut config = Config::on("127.0.0.1:0");
+    config.workers = 1;
+    let a = spawn(config).expect("start");
+    let addr = a.addr();
+    let started = std::time::Instant::now();
+    let slow: Vec<_> = (0..3)
+        .map(|i| std::thread::spawn(move || get(addr, &format!("/echo?msg=s{i}&delay_ms=800"))))
+        .collect();
+    // The one worker is free while three answers wait: /health is not queued behind them.
+    assert_eq!(get(addr, "/health").status, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    for (i, s) in slow.into_iter().enumerate() {
+        let r = s.join().expect("client");
+        assert_eq!(r.json(), json!({"echo": format!("s{i}")}));
+    }
+    let all = started.elapsed();
+    assert!(all >= std::time::Duration::from_millis(800), "{all:?}");
+    assert!(
+        all < std::time::Duration::from_millis(2000),
+        "delays ran one after another: {all:?}"
+    );
+}

@@ -42,6 +42,8 @@ pub struct Breaker {
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a Breaker,
+    /// This call is the half-open trial: only its outcome may close or reopen the breaker.
+    trial: bool,
     recorded: bool,
 }
 
@@ -49,14 +51,14 @@ impl Permit<'_> {
     /// Reports the call's outcome.
     pub fn record(mut self, ok: bool) {
         self.recorded = true;
-        self.breaker.record(ok);
+        self.breaker.record(ok, self.trial);
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.record(false);
+            self.breaker.record(false, self.trial);
         }
     }
 }
@@ -83,6 +85,7 @@ impl Breaker {
 
     /// Leave to call A, or how long until the breaker may let a call through.
     pub fn permit(&self) -> Result<Permit<'_>, Duration> {
+        let mut trial = false;
         if self.threshold > 0 {
             let mut state = self.lock();
             match *state {
@@ -90,6 +93,7 @@ impl Breaker {
                 State::Open { until } => match until.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => return Err(left),
                     _ => {
+                        trial = true;
                         self.set(&mut state, State::HalfOpen);
                         log::warn!(target: "service_b", "circuit half-open: letting one trial call through to Service A");
                     }
@@ -99,16 +103,20 @@ impl Breaker {
         }
         Ok(Permit {
             breaker: self,
+            trial,
             recorded: false,
         })
     }
 
-    fn record(&self, ok: bool) {
+    fn record(&self, ok: bool, trial: bool) {
         if self.threshold == 0 {
             return;
         }
         let mut state = self.lock();
         match (*state, ok) {
+            // A call let through before the breaker opened, finishing late: it neither
+            // settles the trial nor counts again.
+            (State::HalfOpen, _) | (State::Open { .. }, _) if !trial => {}
             (State::Closed { .. }, true) => self.set(&mut state, State::Closed { failures: 0 }),
             (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
                 self.set(
@@ -138,7 +146,6 @@ impl Breaker {
                 );
                 log::warn!(target: "service_b", "circuit opened again: the trial call to Service A failed; failing fast for {}ms", self.cooldown.as_millis());
             }
-            // A call let through before the breaker opened, finishing late: already counted.
             (State::Open { .. }, _) => {}
         }
     }
@@ -216,6 +223,18 @@ mod tests {
         trial.record(true);
         assert_eq!(b.gauge.get(), 0);
         assert!(b.permit().is_ok());
+    }
+
+    #[test]
+    fn only_the_trial_settles_the_half_open_breaker() {
+        let b = breaker(1, 0);
+        let late = b.permit().expect("while closed");
+        fail(&b); // opens; cooldown 0
+        let trial = b.permit().expect("trial");
+        late.record(false); // a call from before, finishing now: ignored
+        assert_eq!(b.gauge.get(), 2, "still half-open");
+        trial.record(true);
+        assert_eq!(b.gauge.get(), 0);
     }
 
     #[test]

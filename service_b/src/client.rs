@@ -170,6 +170,13 @@ impl EchoClient {
         format!("{}/echo?msg={}", self.base, form_encode(msg))
     }
 
+    /// The length of the request target (path and query) A receives for `msg`.
+    pub fn target_len(&self, msg: &str) -> usize {
+        let url = self.url(msg);
+        let after_scheme = url.trim_start_matches("http://");
+        after_scheme.len() - after_scheme.find('/').unwrap_or(after_scheme.len())
+    }
+
     /// The deadline every call gets.
     pub fn timeout(&self) -> Duration {
         self.timeout

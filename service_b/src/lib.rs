@@ -236,6 +236,11 @@ impl ServiceB {
             Err(e) => return Response::error(400, &e.to_string()),
         };
         let url = self.client.url(&msg);
+        // Encoded for A's URL the message can grow (`!` becomes `%21`): one that would
+        // exceed A's target limit is the client's mistake, answered here, A not called.
+        if self.client.target_len(&msg) > echo_core::guard::MAX_TARGET_BYTES {
+            return Response::error(414, "Message too long: Service A's URL would exceed 8 KiB");
+        }
         let timeout_ms = self.client.timeout().as_millis();
         let started = Instant::now();
         let result = self.call_a(&msg, &req.request_id);
@@ -278,7 +283,12 @@ impl ServiceB {
         self.upstream
             .duration
             .observe(started.elapsed().as_secs_f64());
-        permit.record(result.is_ok());
+        // A 4xx from A means B asked wrongly, not that A is failing: not a breaker failure.
+        let a_failed = match &result {
+            Ok(_) | Err(CallError::Status(400..=499)) => false,
+            Err(_) => true,
+        };
+        permit.record(!a_failed);
         result
     }
 }

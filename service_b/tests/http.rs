@@ -60,6 +60,24 @@ fn missing_empty_or_bad_msg_is_400_and_a_is_not_called() {
 }
 
 #[test]
+fn a_message_too_long_for_a_is_414_and_a_is_not_called() {
+    let a = real_a();
+    let b = b_calling(&a.url(), 2000);
+    // 3,000 `!` fit B's 8 KiB target as they are, but not A's once encoded as `%21`.
+    let long = "!".repeat(3000);
+    for _ in 0..6 {
+        let r = get(b.addr(), &format!("/call-echo?msg={long}"));
+        assert_eq!(r.status, 414, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(
+        get(b.addr(), "/call-echo?msg=fine").status,
+        200,
+        "breaker tripped by client mistakes"
+    );
+    assert_eq!(get(b.addr(), "/ready").status, 200);
+}
+
+#[test]
 fn request_id_reaches_a() {
     let fake = FakeA::start(Behaviour::Answer(200, r#"{"echo":"hi"}"#.into()));
     let b = b_calling(&fake.url(), 2000);

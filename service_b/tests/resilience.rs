@@ -205,3 +205,15 @@ fn a_failing_at_a_seeded_rate_is_seen_as_status_failures() {
     assert_eq!(r.json()["details"], "Service A returned HTTP 502");
     assert_eq!(get(a.addr(), "/health").status, 200);
 }
+
+#[test]
+fn a_4xx_from_a_does_not_open_the_breaker() {
+    let fake = FakeA::start(Behaviour::Answer(404, r#"{"error":"Not found"}"#.into()));
+    let b = b_with(&fake.url(), &["--breaker-threshold", "2"]);
+    for _ in 0..5 {
+        let r = get(b.addr(), "/call-echo?msg=x");
+        assert_eq!(r.json()["details"], "Service A returned HTTP 404");
+    }
+    assert_eq!(fake.requests().len(), 5, "the breaker opened on A's 4xx");
+    assert_eq!(get(b.addr(), "/ready").status, 200);
+}

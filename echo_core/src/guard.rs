@@ -100,8 +100,13 @@ impl Connection {
         SockRef::from(&self.fd)
     }
 
+    /// Shuts the connection down for reading, after checking that the descriptor still is
+    /// this connection (its number may have been reused since the scan).
     fn shutdown_read(&self) {
-        let _ = self.sock().shutdown(std::net::Shutdown::Read);
+        let sock = self.sock();
+        if sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(self.peer) {
+            let _ = sock.shutdown(std::net::Shutdown::Read);
+        }
     }
 
     /// Bytes received and not yet read.
@@ -116,9 +121,9 @@ impl Connection {
         }
     }
 
-    /// The kernel's view of the connection: total bytes received, and milliseconds since
-    /// data was last received and last sent.
-    fn info(&self) -> Option<(u64, u32, u32)> {
+    /// The kernel's view of the connection: total bytes received, total bytes sent and
+    /// acknowledged, and milliseconds since data was last received and last sent.
+    fn info(&self) -> Option<(u64, u64, u32, u32)> {
         // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes of it.
         unsafe {
             let mut info: libc::tcp_info = std::mem::zeroed();
@@ -132,6 +137,7 @@ impl Connection {
             ) == 0;
             ok.then_some((
                 info.tcpi_bytes_received,
+                info.tcpi_bytes_acked,
                 info.tcpi_last_data_recv,
                 info.tcpi_last_data_sent,
             ))
@@ -177,13 +183,15 @@ pub fn unstarve(local_port: u16, waiting_since: &mut HashMap<SocketAddr, u64>) -
     let mut unread_now = HashMap::new();
     let mut idle = Vec::new();
     for conn in connections(local_port) {
-        let Some((received, last_recv_ms, last_sent_ms)) = conn.info() else {
+        let Some((received, sent, last_recv_ms, last_sent_ms)) = conn.info() else {
             continue;
         };
         if conn.unread() > 0 {
             waiting += usize::from(waiting_since.get(&conn.peer) == Some(&received));
             unread_now.insert(conn.peer, received);
-        } else if last_sent_ms <= last_recv_ms {
+        } else if sent > 0 && last_sent_ms <= last_recv_ms {
+            // Answered since it last sent us anything (times are in ticks of a few ms, so an
+            // equal time counts as answered; a connection never answered does not count).
             idle.push((last_recv_ms, conn));
         }
     }
@@ -194,6 +202,16 @@ pub fn unstarve(local_port: u16, waiting_since: &mut HashMap<SocketAddr, u64>) -
         conn.shutdown_read();
     }
     freed
+}
+
+/// Shuts down for reading every connection accepted on `local_port`, at shutdown: answers
+/// still being written go out, and then tiny_http reads the end of the stream and closes
+/// the connection, so a keep-alive client sees it closed rather than a request that hangs
+/// unanswered until the process exits.
+pub fn close_connections(local_port: u16) {
+    for conn in connections(local_port) {
+        conn.shutdown_read();
+    }
 }
 
 /// How often the server loop calls [`unstarve`].
@@ -210,13 +228,16 @@ pub const UNSTARVE_EVERY: std::time::Duration = std::time::Duration::from_millis
 /// of tiny_http's 1 KiB read buffer, which fits, and `read(2)`, which stops with EFAULT at
 /// the guard. Up to [`DECOYS`] may be live at once; the drain ends at once (its socket was
 /// shut down), so more would need that many simultaneous requests in the same microseconds.
+/// A decoy breaks `GlobalAlloc`'s contract (it is smaller than the layout): that is sound
+/// only because nothing but that drain asks for such sizes, and the drain only reads into
+/// the buffer through `read(2)`; the alternative is the abort.
 pub struct DrainSafeAlloc;
 
 const HUGE: usize = 1 << 30;
 const DECOY_BYTES: usize = 64 * 1024;
 const GUARD_BYTES: usize = 4096;
 /// Decoys that may be live at once.
-pub const DECOYS: usize = 64;
+pub const DECOYS: usize = 1024;
 
 static DECOY_SLOTS: [AtomicPtr<u8>; DECOYS] = [const { AtomicPtr::new(ptr::null_mut()) }; DECOYS];
 
@@ -261,7 +282,12 @@ unsafe impl GlobalAlloc for DrainSafeAlloc {
         let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
         let q = self.alloc(new_layout);
         if !q.is_null() {
-            ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+            let valid = if is_decoy(p) {
+                DECOY_BYTES
+            } else {
+                layout.size()
+            };
+            ptr::copy_nonoverlapping(p, q, valid.min(new_size));
             self.dealloc(p, layout);
         }
         q
@@ -283,6 +309,12 @@ unsafe fn map(len: usize, prot: libc::c_int) -> *mut u8 {
     } else {
         p.cast()
     }
+}
+
+fn is_decoy(p: *mut u8) -> bool {
+    DECOY_SLOTS
+        .iter()
+        .any(|slot| slot.load(Ordering::Acquire) == p)
 }
 
 unsafe fn decoy() -> *mut u8 {

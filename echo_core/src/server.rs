@@ -93,9 +93,17 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR and TCP_NODELAY.
-/// tiny_http never sets TCP_NODELAY; Linux copies it from the listener to every accepted
-/// socket, which avoids a ~40 ms delayed-ACK stall on responses written in two parts.
+/// A connection silent this long is closed (its thread ends): the idle timeout tiny_http
+/// lacks. Longer than a pooling client keeps an idle connection (ureq: 15 s), so such a
+/// client never reuses a connection just as we close it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write blocked this long (a client that stopped reading) fails, freeing its worker.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR, TCP_NODELAY,
+/// [`IDLE_TIMEOUT`] and [`WRITE_TIMEOUT`]. tiny_http sets none of these on the sockets it
+/// accepts; Linux copies them from the listener to each. TCP_NODELAY avoids a ~40 ms
+/// delayed-ACK stall on responses written in two parts.
 pub fn bind(listen: &str) -> io::Result<TcpListener> {
     let addr = listen
         .to_socket_addrs()?
@@ -104,6 +112,8 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
@@ -134,6 +144,7 @@ pub fn serve(
         in_flight: AtomicUsize::new(0),
         timer: Mutex::new(Timer::default()),
         timer_wake: Condvar::new(),
+        delayed: AtomicUsize::new(0),
         metrics,
         handler: Box::new(handler),
     });
@@ -167,8 +178,8 @@ fn new_server(listener: &TcpListener) -> io::Result<Arc<tiny_http::Server>> {
     Ok(Arc::new(server))
 }
 
-/// Counts panics of tiny_http's own (unnamed) threads; each server compares it with the
-/// count it last saw to learn that an accept thread may have died without a word.
+/// Counts panics of tiny_http's accept threads; each server compares it with the count it
+/// last saw to learn that an accept thread may have died without a word.
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
 
 fn install_panic_hook() {
@@ -176,11 +187,14 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let unnamed = thread::current().name().is_none();
-            let in_tiny_http = info
-                .location()
-                .is_some_and(|l| l.file().contains("tiny_http"));
-            if unnamed && in_tiny_http {
+            // The accept thread's own code: the `try_clone().unwrap()` of each accepted
+            // socket, and the thread pool it hands connections to.
+            let in_accept_thread = info.location().is_some_and(|l| {
+                l.file().contains("tiny_http")
+                    && (l.file().ends_with("refined_tcp_stream.rs")
+                        || l.file().ends_with("task_pool.rs"))
+            });
+            if thread::current().name().is_none() && in_accept_thread {
                 ACCEPT_PANICS.fetch_add(1, Ordering::SeqCst);
             }
             previous(info);
@@ -201,6 +215,8 @@ struct Shared {
     in_flight: AtomicUsize,
     timer: Mutex<Timer>,
     timer_wake: Condvar,
+    /// Answers on the timer not yet written (lets workers skip the timer's lock).
+    delayed: AtomicUsize,
     metrics: Arc<Metrics>,
     handler: Box<HandlerFn>,
 }
@@ -294,10 +310,14 @@ impl Shared {
     }
 
     /// Stops accepting at once: shutting down the listening socket (shared by every clone)
-    /// wakes each accept thread with an error and makes new connections fail fast.
+    /// wakes each accept thread with an error and makes new connections fail fast; open
+    /// connections are shut down for reading, so no new request arrives on them either.
     fn stop(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
             let _ = SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
+            if let Ok(addr) = self.listener.local_addr() {
+                guard::close_connections(addr.port());
+            }
         }
     }
 
@@ -320,8 +340,10 @@ impl Shared {
             None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
                 .unwrap_or_else(|_| Response::error(500, "Internal server error")),
         };
+        let peer = rq.remote_addr().copied();
         let answer = Answer {
             rq,
+            peer,
             response,
             close,
             started,
@@ -329,7 +351,9 @@ impl Shared {
             path: req.path,
             id,
         };
-        if answer.response.delay.is_zero() {
+        // An answer behind a delayed one on the same (pipelined) connection waits its turn on
+        // the timer too, so no worker blocks on tiny_http's in-order writing.
+        if answer.response.delay.is_zero() && !self.delayed_on(peer) {
             self.finish(answer);
         } else {
             self.delay(answer);
@@ -346,6 +370,7 @@ impl Shared {
             method,
             path,
             id,
+            ..
         } = answer;
         let (status, route) = (response.status, response.route);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -369,11 +394,22 @@ impl Shared {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Hands a delayed answer to the timer thread, or, once that has ended (shutdown),
-    /// waits here.
+    /// Whether an answer for this connection is waiting on the timer (a lock only when any
+    /// answer is).
+    fn delayed_on(&self, peer: Option<SocketAddr>) -> bool {
+        self.delayed.load(Ordering::SeqCst) > 0
+            && self.lock_timer().pending.get(&peer).is_some_and(|n| *n > 0)
+    }
+
+    fn lock_timer(&self) -> std::sync::MutexGuard<'_, Timer> {
+        self.timer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an answer to the timer thread, to be written when due; once that thread has
+    /// ended (shutdown), waits and writes it here.
     fn delay(&self, answer: Answer) {
         let due = Instant::now() + answer.response.delay;
-        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut timer = self.lock_timer();
         if timer.ended {
             drop(timer);
             thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -381,15 +417,20 @@ impl Shared {
         }
         timer.seq += 1;
         let seq = timer.seq;
+        *timer.pending.entry(answer.peer).or_default() += 1;
+        self.delayed.fetch_add(1, Ordering::SeqCst);
         timer.due.push(Reverse((due, seq)));
         timer.answers.insert(seq, answer);
         self.timer_wake.notify_one();
     }
 
-    /// The timer thread: writes each delayed answer when it is due. It ends once the server
-    /// is stopping and nothing is in flight.
-    fn run_timer(&self) {
-        let mut timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+    /// The timer thread: when an answer is due, a short-lived thread writes it. The timer
+    /// itself never writes: tiny_http writes the answers of one connection in order, so a
+    /// write can wait for an earlier answer that is due later, and must not hold up the
+    /// timer that will release it. It ends once the server is stopping and nothing is in
+    /// flight.
+    fn run_timer(self: &Arc<Self>) {
+        let mut timer = self.lock_timer();
         loop {
             let now = Instant::now();
             let wait = match timer.due.peek() {
@@ -397,8 +438,8 @@ impl Shared {
                     timer.due.pop();
                     if let Some(answer) = timer.answers.remove(&seq) {
                         drop(timer);
-                        self.finish(answer);
-                        timer = self.timer.lock().unwrap_or_else(|p| p.into_inner());
+                        self.write_later(answer);
+                        timer = self.lock_timer();
                     }
                     continue;
                 }
@@ -417,11 +458,41 @@ impl Shared {
             };
         }
     }
+
+    /// Writes a due answer on a thread of its own (here if none can be started).
+    fn write_later(self: &Arc<Self>, answer: Answer) {
+        let slot = Arc::new(Mutex::new(Some(answer)));
+        let (shared, taken) = (Arc::clone(self), Arc::clone(&slot));
+        let spawned = thread::Builder::new()
+            .name(format!("{}-writer", self.name))
+            .spawn(move || shared.write_due(&taken));
+        if spawned.is_err() {
+            log::error!(target: self.name, "cannot start a writer thread; writing on the timer thread");
+            self.write_due(&slot);
+        }
+    }
+
+    fn write_due(&self, slot: &Mutex<Option<Answer>>) {
+        let Some(answer) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let peer = answer.peer;
+        self.finish(answer);
+        let mut timer = self.lock_timer();
+        if let Some(n) = timer.pending.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                timer.pending.remove(&peer);
+            }
+        }
+        self.delayed.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A request answered by its handler, waiting to be written.
 struct Answer {
     rq: tiny_http::Request,
+    peer: Option<SocketAddr>,
     response: Response,
     close: bool,
     started: Instant,
@@ -435,6 +506,8 @@ struct Answer {
 struct Timer {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     answers: HashMap<u64, Answer>,
+    /// Answers handed to the timer and not yet written, per connection.
+    pending: HashMap<Option<SocketAddr>, usize>,
     seq: u64,
     ended: bool,
 }

@@ -151,7 +151,7 @@ fn shutdown_stops_accepting() {
 }
 
 #[test]
-fn accepted_sockets_have_tcp_nodelay() {
+fn accepted_sockets_have_nodelay_and_timeouts() {
     // Without it, an answer written in two parts stalls ~40 ms on delayed ACKs. The server
     // runs in this process, so find its end of our connection among our descriptors.
     let server = start();
@@ -171,8 +171,16 @@ fn accepted_sockets_have_tcp_nodelay() {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
         let sock = socket2::SockRef::from(&fd);
         if sock.peer_addr().ok().and_then(|a| a.as_socket()) == Some(ours) {
-            found = Some(sock.tcp_nodelay().expect("getsockopt"));
+            found = Some((
+                sock.tcp_nodelay().expect("getsockopt"),
+                sock.read_timeout().expect("getsockopt"),
+                sock.write_timeout().expect("getsockopt"),
+            ));
         }
     }
-    assert_eq!(found, Some(true));
+    let timeouts = (
+        Some(echo_core::server::IDLE_TIMEOUT),
+        Some(echo_core::server::WRITE_TIMEOUT),
+    );
+    assert_eq!(found, Some((true, timeouts.0, timeouts.1)));
 }

@@ -98,3 +98,36 @@ fn delayed_answers_hold_no_worker() {
         "delays ran one after another: {all:?}"
     );
 }
+
+#[test]
+fn pipelined_requests_with_delays_are_answered_in_order() {
+    // A later request due earlier than the one before it must not block the timer: tiny_http
+    // writes the answers of one connection in order.
+    let a = start();
+    let mut raw = String::from("GET /echo?msg=slow&delay_ms=600 HTTP/1.1\r\nHost: t\r\n\r\n");
+    raw.push_str("GET /echo?msg=quick&delay_ms=10 HTTP/1.1\r\nHost: t\r\n\r\n");
+    raw.push_str("GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    for i in 0..5 {
+        raw.push_str(&format!("GET /echo?msg=n{i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    let mut stream = std::net::TcpStream::connect(a.addr()).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut stream, raw.as_bytes()).expect("write");
+    let mut reader = std::io::BufReader::new(stream);
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        let reply = echo_tests::read_reply(&mut reader).expect("an answer");
+        got.push(reply.json());
+    }
+    assert_eq!(got[0], json!({"echo": "slow"}));
+    assert_eq!(got[1], json!({"echo": "quick"}));
+    assert_eq!(got[2], json!({"status": "ok"}));
+    assert_eq!(got[7], json!({"echo": "n4"}));
+    // And the service still answers delayed requests from anyone else.
+    assert_eq!(
+        get(a.addr(), "/echo?msg=after&delay_ms=10").json(),
+        json!({"echo": "after"})
+    );
+}

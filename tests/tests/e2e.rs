@@ -149,6 +149,19 @@ fn a_killed_then_restarted_on_the_same_port() {
 fn sigterm_lets_the_in_flight_request_finish() {
     let mut a = start_a(&["--delay-ms", "1500", "--log-level", "debug"]);
     let addr = a.addr;
+    // A keep-alive connection, answered once and then idle.
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut idle, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let mut idle_reader = std::io::BufReader::new(idle.try_clone().expect("clone"));
+    assert_eq!(
+        echo_tests::read_reply(&mut idle_reader)
+            .expect("reply")
+            .status,
+        200
+    );
     let client = thread::spawn(move || get(addr, "/echo?msg=slow"));
     // The worker logs this at DEBUG when it takes the request: our readiness signal.
     a.wait_for("GET /echo started", Duration::from_secs(10));
@@ -156,6 +169,23 @@ fn sigterm_lets_the_in_flight_request_finish() {
     a.wait_for("SIGTERM received", Duration::from_secs(10));
     // Stopped accepting: a new connection is refused while the slow request still runs.
     assert!(try_send(addr, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").is_err());
+    // And the idle keep-alive connection is closed, not left to hang a request: a request
+    // racing the stop may still be answered, then the connection closes.
+    let started = Instant::now();
+    let _ = std::io::Write::write_all(&mut idle, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut idle_reader, &mut rest);
+    assert!(read.is_ok(), "the idle connection was left open: {read:?}");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 200"),
+        "{rest}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let reply = client.join().expect("client thread");
     assert_eq!((reply.status, reply.json()), (200, json!({"echo": "slow"})));
     let (code, lines) = a.wait_exit(EXIT_LIMIT);

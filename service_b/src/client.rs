@@ -154,6 +154,9 @@ impl EchoClient {
                 .max_redirects(0)
                 .max_idle_connections(idle)
                 .max_idle_connections_per_host(idle)
+                // Well under the services' idle timeout (echo_core::server::IDLE_TIMEOUT), so a
+                // pooled connection is never reused just as A closes it.
+                .max_idle_age(Duration::from_secs(15))
                 .build();
             Agent::with_parts(config, DefaultConnector::new(), AddressFirst::default())
         };

@@ -182,11 +182,15 @@ fn new_server(listener: &TcpListener) -> io::Result<Arc<tiny_http::Server>> {
 /// last saw to learn that an accept thread may have died without a word.
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// Panics in our own threads (`NAME-worker-N`, `NAME-timer`, `NAME-writer`) are caught per
+/// request; they are logged as one ERROR line of the service's log instead of the default
+/// report on stderr. Panics in tiny_http's accept thread are counted (see above).
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let thread = thread::current();
             // The accept thread's own code: the `try_clone().unwrap()` of each accepted
             // socket, and the thread pool it hands connections to.
             let in_accept_thread = info.location().is_some_and(|l| {
@@ -194,10 +198,17 @@ fn install_panic_hook() {
                     && (l.file().ends_with("refined_tcp_stream.rs")
                         || l.file().ends_with("task_pool.rs"))
             });
-            if thread::current().name().is_none() && in_accept_thread {
+            if thread.name().is_none() && in_accept_thread {
                 ACCEPT_PANICS.fetch_add(1, Ordering::SeqCst);
             }
-            previous(info);
+            match thread.name().and_then(|n| n.split_once('-')) {
+                Some((service, role)) if ["worker", "timer", "writer"].iter().any(|r| role.starts_with(r)) => {
+                    let what = info.payload_as_str().unwrap_or("a panic");
+                    let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+                    log::error!(target: service, "caught a panic in {}: {what}{}", thread.name().unwrap_or(""), place.unwrap_or_default());
+                }
+                _ => previous(info),
+            }
         }));
     });
 }

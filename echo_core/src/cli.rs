@@ -64,6 +64,7 @@ pub fn run(
     } else {
         "SIGTERM"
     };
+    handle.stop_accepting();
     log::info!(target: name, "{signal} received: no longer accepting, finishing in-flight requests (at most {}s)", SHUTDOWN_GRACE.as_secs());
     match handle.shutdown(SHUTDOWN_GRACE) {
         0 => log::info!(target: name, "stopped"),

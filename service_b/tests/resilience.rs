@@ -163,22 +163,34 @@ fn metrics_count_requests_by_route_and_status() {
     assert!(reply
         .header("Content-Type")
         .is_some_and(|c| c.starts_with("application/openmetrics-text")));
-    let text = String::from_utf8_lossy(&reply.body).into_owned();
-    for needle in [
+    // A request is counted just after its answer is written, so the last one may still be
+    // on its way into the counters when the client asks: look until all are there.
+    let b_needles = [
         r#"http_requests_total{method="GET",route="/call-echo",status="200"} 3"#,
         r#"http_requests_total{method="GET",route="other",status="404"} 1"#,
         r#"http_request_duration_seconds_count{method="GET",route="/call-echo"} 3"#,
         r#"upstream_requests_total{outcome="ok"} 3"#,
         "upstream_request_duration_seconds_count 3",
         "# TYPE circuit_breaker_state gauge",
-    ] {
-        assert!(text.contains(needle), "missing {needle}: {text}");
-    }
-    let a_text = String::from_utf8_lossy(&get(a.addr(), "/metrics").body).into_owned();
-    assert!(
-        a_text.contains(r#"http_requests_total{method="GET",route="/echo",status="200"} 3"#),
-        "{a_text}"
+    ];
+    wait_for_metrics(b.addr(), &b_needles);
+    wait_for_metrics(
+        a.addr(),
+        &[r#"http_requests_total{method="GET",route="/echo",status="200"} 3"#],
     );
+}
+
+/// Fetches `/metrics` until every needle is in it; panics with the last text after 5 s.
+fn wait_for_metrics(addr: std::net::SocketAddr, needles: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
+        match needles.iter().find(|n| !text.contains(*n)) {
+            None => return,
+            Some(missing) if Instant::now() > deadline => panic!("missing {missing}: {text}"),
+            Some(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 #[test]

@@ -236,7 +236,7 @@ ARGS_B=(--listen 127.0.0.1:0 --log-level info --timeout-ms 2000)
 start service_b "$WORK/service_b.log" "$BIN_B" "${ARGS_B[@]}" --service-a-url "$URL_A"
 PID_B=$STARTED_PID URL_B=$STARTED_URL
 # The ceiling exits by itself after --max-secs, in case this script is killed with -9.
-MAX_SECS=$((60 + $(wc -w <<<"$CONNS") * 3 * (DURATION + WARMUP + 5)))
+MAX_SECS=$((60 + $(wc -w <<<"$CONNS") * 3 * (DURATION + WARMUP + QUIET_WAIT + 5)))
 start bench_ceiling "$WORK/ceiling.log" "$BIN_C" --listen 127.0.0.1:0 --max-secs "$MAX_SECS"
 PID_C=$STARTED_PID URL_C=$STARTED_URL
 PORT_A=$(port_of "$URL_A") PORT_B=$(port_of "$URL_B") PORT_C=$(port_of "$URL_C")

@@ -137,6 +137,7 @@ pub fn serve(
     let shared = Arc::new(Shared {
         name,
         listener,
+        port: addr.port(),
         servers: RwLock::new(Arc::from(vec![first])),
         panics_seen: AtomicUsize::new(ACCEPT_PANICS.load(Ordering::SeqCst)),
         restarts: Mutex::new((Instant::now(), 0)),
@@ -163,7 +164,7 @@ pub fn serve(
     let watched = Arc::clone(&shared);
     thread::Builder::new()
         .name(format!("{name}-watchdog"))
-        .spawn(move || watched.watch(addr.port()))?;
+        .spawn(move || watched.watch())?;
     log::info!(target: name, "listening on http://{addr}");
     Ok(ServerHandle {
         addr,
@@ -217,6 +218,8 @@ struct Shared {
     name: &'static str,
     /// Our own handle on the listening socket: keeps the port when an accept thread dies.
     listener: TcpListener,
+    /// The bound port, which tells our accepted sockets from others.
+    port: u16,
     /// The current server first, then retired ones still drained of queued requests.
     servers: RwLock<Arc<[Arc<tiny_http::Server>]>>,
     panics_seen: AtomicUsize,
@@ -309,11 +312,11 @@ impl Shared {
 
     /// Frees threads for connections tiny_http's pool left waiting (see [`guard::unstarve`]),
     /// until the server stops.
-    fn watch(&self, port: u16) {
+    fn watch(&self) {
         let mut waiting_since = std::collections::HashMap::new();
         while !self.stopping.load(Ordering::SeqCst) {
             thread::sleep(guard::UNSTARVE_EVERY);
-            let closed = guard::unstarve(port, &mut waiting_since);
+            let closed = guard::unstarve(self.port, &mut waiting_since);
             if closed > 0 {
                 log::warn!(target: self.name, "connections were waiting for a tiny_http thread: closed {closed} idle keep-alive connection(s) to free threads");
             }
@@ -326,9 +329,7 @@ impl Shared {
     fn stop(&self) {
         if !self.stopping.swap(true, Ordering::SeqCst) {
             let _ = SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
-            if let Ok(addr) = self.listener.local_addr() {
-                guard::close_connections(addr.port());
-            }
+            guard::close_connections(self.port);
         }
     }
 
@@ -385,8 +386,7 @@ impl Shared {
         } = answer;
         let (status, route) = (response.status, response.route);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let port = self.listener.local_addr().map_or(0, |a| a.port());
-            guard::respond(rq, to_tiny(response, &id, close), close, port)
+            guard::respond(rq, to_tiny(response, &id, close), close, self.port)
         }));
         match outcome {
             Ok(Ok(())) => {}

@@ -63,16 +63,14 @@ fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
         let r = h.join().expect("client");
         assert_eq!(r.json()["kind"], "timeout");
     }
-    let metrics = String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned();
-    assert!(
-        metrics.contains(r#"upstream_requests_total{outcome="overloaded"} 4"#),
-        "{metrics}"
+    wait_for_metrics(
+        addr,
+        &[
+            r#"upstream_requests_total{outcome="overloaded"} 4"#,
+            r#"upstream_requests_total{outcome="timeout"} 2"#,
+            "upstream_in_flight 0",
+        ],
     );
-    assert!(
-        metrics.contains(r#"upstream_requests_total{outcome="timeout"} 2"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains("upstream_in_flight 0"), "{metrics}");
 }
 
 /// Polls `/ready` (the breaker's own signal) until it answers `status`.
@@ -138,15 +136,13 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
     assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
     assert_eq!(get(b.addr(), "/ready").status, 200);
-    let metrics = String::from_utf8_lossy(&get(b.addr(), "/metrics").body).into_owned();
-    assert!(metrics.contains("circuit_breaker_state 0"), "{metrics}");
-    assert!(
-        metrics.contains(r#"upstream_requests_total{outcome="circuit_open"} 2"#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"upstream_requests_total{outcome="ok"} 2"#),
-        "{metrics}"
+    wait_for_metrics(
+        b.addr(),
+        &[
+            "circuit_breaker_state 0",
+            r#"upstream_requests_total{outcome="circuit_open"} 2"#,
+            r#"upstream_requests_total{outcome="ok"} 2"#,
+        ],
     );
 }
 

@@ -73,23 +73,13 @@ pub fn run(
     ExitCode::SUCCESS
 }
 
-/// Each open connection costs a descriptor (and a tiny_http thread); the soft limit is often
-/// 1024 while the hard limit is far higher, so take what we are allowed.
+/// Each open connection costs a descriptor (two in B); the soft limit is often 1024 while
+/// the hard limit is far higher, so take what we are allowed before `--max-connections`'
+/// default is derived from it.
 fn raise_open_file_limit(name: &str) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let from = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                log::debug!(target: name, "open-file limit raised from {from} to {}", limit.rlim_max);
-            }
-        }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!(target: name, "open-file limit: {limit}"),
+        Err(e) => log::debug!(target: name, "cannot raise the open-file limit: {e}"),
     }
 }
 

@@ -63,8 +63,8 @@ pub struct Response {
     pub body: String,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
-    /// How long to wait before sending it (fault injection). The server waits on a timer
-    /// thread, so a delayed answer holds no worker.
+    /// How long to wait before sending it (fault injection): a sleep on the connection's
+    /// own thread, which holds up no other connection.
     pub delay: Duration,
 }
 

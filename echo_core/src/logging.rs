@@ -65,9 +65,7 @@ impl Log for SeedFormat {
     }
 
     fn log(&self, record: &Record<'_>) {
-        // tiny_http's one error line (its accept thread stopping) is reported by our server
-        // loop in its own words, and is expected noise at shutdown.
-        if !self.enabled(record.metadata()) || record.target().starts_with("tiny_http") {
+        if !self.enabled(record.metadata()) {
             return;
         }
         let line = format_line(record.level(), record.target(), &record.args().to_string());

@@ -1,52 +1,124 @@
-//! The server loop both services run: a listener we bind ourselves, one `tiny_http::Server`
-//! built from it, a fixed pool of workers calling `recv`, one wrapper per request (limits,
-//! request id, panic → 500, common headers, access log) and a bounded graceful shutdown.
+//! Our HTTP/1.1 core: a listener we bind, one accept loop, and one thread per connection
+//! that reads each request, parses it with `httparse`, runs the handler and writes the
+//! answer, in order. No queue and no hand-off between threads: a connection never waits
+//! behind another, and a client that never reads blocks only its own thread.
 //!
-//! tiny_http 0.12's accept thread ends for good on an accept error (EMFILE) or panics in
-//! `try_clone().unwrap()`; we keep our own handle on the listening socket so the port
-//! survives, notice the death (the error from `recv`, or the panic hook below) and build a
-//! fresh `Server` from a clone of the listener.
+//! Reading top-down: the limits, [`serve`] and its handle, the accept loop, the thread
+//! pool, one connection's loop, the request head's rules, and writing an answer.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once, RwLock};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::Level;
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::guard;
 use crate::http::{request_id, Request, Response};
 use crate::metrics::Metrics;
 
-/// How long an idle worker waits before it looks at shutdown and accept-thread health.
-const POLL: Duration = Duration::from_millis(100);
-/// The longest wait between two restarts of a dead accept thread.
-const RESTART_WAIT: Duration = Duration::from_millis(250);
-/// Retired servers (whose accept thread we believed dead) still drained, at most.
-const MAX_RETIRED: usize = 4;
+/// Longest request target (path and query) accepted; longer gets 414.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (each field counted as name + value + 4); more gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most header fields accepted; more gets 431.
+pub const MAX_HEADERS: usize = 100;
+/// Largest body read (and dropped: no route takes one); larger gets 413 and a close.
+pub const MAX_BODY_BYTES: usize = 1024;
+/// The whole request head must arrive within this, from its first byte (slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection with no new request for this long is closed. Longer than a
+/// pooling client keeps an idle connection (B's ureq: 15 s), so such a client never reuses
+/// a connection just as we close it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write blocked this long (a client that stopped reading) fails and the connection ends.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection thread with nothing to do waits this long for a new connection, then ends.
+const THREAD_KEEP: Duration = Duration::from_secs(5);
+/// Stack of a connection thread: the handlers need little; the default 2 MiB is address
+/// space a thousand idle connections need not reserve.
+const STACK_BYTES: usize = 256 * 1024;
+/// Descriptors kept back from `--max-connections`' default for the process itself.
+const RESERVED_FDS: u64 = 64;
+/// The default `--max-connections` never exceeds this, whatever the descriptor limit.
+pub const MAX_CONNECTIONS_CAP: usize = 10_000;
 
-/// Twice the CPUs (at least 2): enough workers for handlers that never block. More only add
-/// wake-ups: with 64 workers A served about a fifth fewer requests a second than with 4.
-pub fn default_workers() -> u16 {
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    u16::try_from(cpus * 2).unwrap_or(1024).clamp(2, 1024)
+/// The limits as `--help` shows them.
+pub const LIMITS_HELP: &str = "Limits: request target (path and query) 8 KiB → 414; header \
+fields 16 KiB or 100 → 431; request body 1 KiB (bodies are not used) → 413 and close. Timeouts: \
+request head 10 s, idle keep-alive 60 s, write 10 s.";
+
+/// The default `--max-connections`: what the open-file limit allows when each connection
+/// costs `fds_per_connection` descriptors, less a reserve, capped at
+/// [`MAX_CONNECTIONS_CAP`] (at least 1).
+pub fn default_max_connections(fds_per_connection: u64) -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let fit = soft.saturating_sub(RESERVED_FDS) / fds_per_connection.max(1);
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS_CAP)
 }
 
 /// The request handler a service gives to [`serve`].
 pub type HandlerFn = dyn Fn(&Request) -> Response + Send + Sync + 'static;
+
+/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR. No timeout is
+/// ever set on the listening socket: an accept with one fails with EAGAIN once it expires.
+pub fn bind(listen: &str) -> io::Result<TcpListener> {
+    let addr = listen
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Binds `listen` and serves `handler`, one thread per connection, at most
+/// `max_connections` at once; logs `listening on http://…` once the port is bound. `name` is
+/// the service name of every log line; every answer is counted in `metrics`.
+pub fn serve(
+    name: &'static str,
+    listen: &str,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+    handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+) -> io::Result<ServerHandle> {
+    let listener = bind(listen)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        name,
+        listener,
+        max_connections: max_connections.max(1),
+        stopping: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        conns: Mutex::new(Conns::default()),
+        all_closed: Condvar::new(),
+        pool: Mutex::new(PoolState::default()),
+        pool_wake: Condvar::new(),
+        metrics,
+        handler: Box::new(handler),
+    });
+    let accepting = Arc::clone(&shared);
+    thread::Builder::new()
+        .name(format!("{name}-accept"))
+        .spawn(move || accepting.accept_loop())?;
+    log::info!(target: name, "listening on http://{addr}");
+    Ok(ServerHandle { addr, shared })
+}
 
 /// A running server: its bound address and the way to stop it. Dropping it stops accepting
 /// without waiting for in-flight requests.
 pub struct ServerHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -60,29 +132,30 @@ impl ServerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting new connections at once; [`ServerHandle::shutdown`] does this too.
+    /// Stops accepting and ends idle connections at once; [`ServerHandle::shutdown`] does
+    /// this too.
     pub fn stop_accepting(&self) {
         self.shared.stop();
     }
 
-    /// Stops accepting, lets the workers finish what was already received (delayed answers
-    /// included), and waits at most `grace` for them. Returns how many requests were still
-    /// in flight when it gave up.
-    pub fn shutdown(mut self, grace: Duration) -> usize {
+    /// Stops, lets requests already read finish (a delayed answer included), and waits at
+    /// most `grace` for every connection to close. Returns how many requests were still in
+    /// flight when it gave up.
+    pub fn shutdown(self, grace: Duration) -> usize {
         self.shared.stop();
         let deadline = Instant::now() + grace;
-        let busy = |workers: &[JoinHandle<()>]| {
-            workers.iter().any(|w| !w.is_finished())
-                || self.shared.in_flight.load(Ordering::SeqCst) > 0
-        };
-        while busy(&self.workers) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-        for worker in std::mem::take(&mut self.workers) {
-            if worker.is_finished() {
-                let _ = worker.join();
+        let mut conns = self.shared.lock_conns();
+        while !conns.open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            conns = match self.shared.all_closed.wait_timeout(conns, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
+        drop(conns);
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 }
@@ -93,461 +166,771 @@ impl Drop for ServerHandle {
     }
 }
 
-/// A connection silent this long is closed (its thread ends): the idle timeout tiny_http
-/// lacks. Longer than a pooling client keeps an idle connection (ureq: 15 s), so such a
-/// client never reuses a connection just as we close it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A write blocked this long (a client that stopped reading) fails, freeing its worker.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// One open connection: its id in [`Conns`] and the socket, shared with the stopper.
+type Conn = (u64, Arc<TcpStream>);
 
-/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR, TCP_NODELAY,
-/// [`IDLE_TIMEOUT`] and [`WRITE_TIMEOUT`]. tiny_http sets none of these on the sockets it
-/// accepts; Linux copies them from the listener to each. TCP_NODELAY avoids a ~40 ms
-/// delayed-ACK stall on responses written in two parts.
-pub fn bind(listen: &str) -> io::Result<TcpListener> {
-    let addr = listen
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+/// The open connections, so that a stop can end them and a limit can count them.
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: HashMap<u64, Arc<TcpStream>>,
 }
 
-/// Binds `listen` and serves `handler` on `workers` threads; logs `listening on http://…`
-/// once the port is bound. `name` is the service name of every log line; every answered
-/// request is counted in `metrics`.
-pub fn serve(
-    name: &'static str,
-    listen: &str,
-    workers: usize,
-    metrics: Arc<Metrics>,
-    handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
-) -> io::Result<ServerHandle> {
-    install_panic_hook();
-    let listener = bind(listen)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
-    let addr = listener.local_addr()?;
-    let first = new_server(&listener)?;
-    let shared = Arc::new(Shared {
-        name,
-        listener,
-        port: addr.port(),
-        servers: RwLock::new(Arc::from(vec![first])),
-        panics_seen: AtomicUsize::new(ACCEPT_PANICS.load(Ordering::SeqCst)),
-        restarts: Mutex::new((Instant::now(), 0)),
-        stopping: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        timer: Mutex::new(Timer::default()),
-        timer_wake: Condvar::new(),
-        delayed: AtomicUsize::new(0),
-        metrics,
-        handler: Box::new(handler),
-    });
-    let workers = (0..workers.max(1))
-        .map(|i| {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name(format!("{name}-worker-{i}"))
-                .spawn(move || shared.work())
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    let timed = Arc::clone(&shared);
-    thread::Builder::new()
-        .name(format!("{name}-timer"))
-        .spawn(move || timed.run_timer())?;
-    let watched = Arc::clone(&shared);
-    thread::Builder::new()
-        .name(format!("{name}-watchdog"))
-        .spawn(move || watched.watch())?;
-    log::info!(target: name, "listening on http://{addr}");
-    Ok(ServerHandle {
-        addr,
-        shared,
-        workers,
-    })
-}
-
-fn new_server(listener: &TcpListener) -> io::Result<Arc<tiny_http::Server>> {
-    let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(Arc::new(server))
-}
-
-/// Counts panics of tiny_http's accept threads; each server compares it with the count it
-/// last saw to learn that an accept thread may have died without a word.
-static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-/// Panics in our own threads (`NAME-worker-N`, `NAME-timer`, `NAME-writer`) are caught per
-/// request; they are logged as one ERROR line of the service's log instead of the default
-/// report on stderr. Panics in tiny_http's accept thread are counted (see above).
-fn install_panic_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let thread = thread::current();
-            // The accept thread's own code: the `try_clone().unwrap()` of each accepted
-            // socket, and the thread pool it hands connections to.
-            let in_accept_thread = info.location().is_some_and(|l| {
-                l.file().contains("tiny_http")
-                    && (l.file().ends_with("refined_tcp_stream.rs")
-                        || l.file().ends_with("task_pool.rs"))
-            });
-            if thread.name().is_none() && in_accept_thread {
-                ACCEPT_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            match thread.name().and_then(|n| n.split_once('-')) {
-                Some((service, role)) if ["worker", "timer", "writer"].iter().any(|r| role.starts_with(r)) => {
-                    let what = info.payload_as_str().unwrap_or("a panic");
-                    let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
-                    log::error!(target: service, "caught a panic in {}: {what}{}", thread.name().unwrap_or(""), place.unwrap_or_default());
-                }
-                _ => previous(info),
-            }
-        }));
-    });
+/// Idle connection threads and the connections handed to them. Invariant: threads waiting
+/// = `idle` + `queue.len()`, so a queued connection always has a thread about to take it.
+#[derive(Default)]
+struct PoolState {
+    idle: usize,
+    queue: VecDeque<Conn>,
 }
 
 struct Shared {
     name: &'static str,
-    /// Our own handle on the listening socket: keeps the port when an accept thread dies.
     listener: TcpListener,
-    /// The bound port, which tells our accepted sockets from others.
-    port: u16,
-    /// The current server first, then retired ones still drained of queued requests.
-    servers: RwLock<Arc<[Arc<tiny_http::Server>]>>,
-    panics_seen: AtomicUsize,
-    /// When the accept thread was last restarted, and how many restarts in a row.
-    restarts: Mutex<(Instant, u32)>,
+    max_connections: usize,
     stopping: AtomicBool,
+    /// Requests read and not yet answered.
     in_flight: AtomicUsize,
-    timer: Mutex<Timer>,
-    timer_wake: Condvar,
-    /// Answers on the timer not yet written (lets workers skip the timer's lock).
-    delayed: AtomicUsize,
+    conns: Mutex<Conns>,
+    /// Signalled whenever a connection closes (shutdown waits on it).
+    all_closed: Condvar,
+    pool: Mutex<PoolState>,
+    pool_wake: Condvar,
     metrics: Arc<Metrics>,
     handler: Box<HandlerFn>,
 }
 
 impl Shared {
-    fn work(&self) {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn lock_conns(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pool(&self) -> MutexGuard<'_, PoolState> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops accepting (shutting the listener down wakes the blocked `accept` and refuses
+    /// new connections), shuts every open connection down for reading (an idle one ends at
+    /// once; a busy one still writes its answer, then closes) and wakes idle threads.
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = socket2::SockRef::from(&self.listener).shutdown(Shutdown::Read);
+        for stream in self.lock_conns().open.values() {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+        let _pool = self.lock_pool();
+        self.pool_wake.notify_all();
+    }
+
+    // --- The accept loop ---------------------------------------------------------------
+
+    /// Accepts until stopped. It never dies: an error (EMFILE, ENFILE, ECONNABORTED, …) is
+    /// logged once per burst and retried after a back-off that grows from 5 ms to 200 ms.
+    fn accept_loop(self: Arc<Self>) {
+        let mut failures: u64 = 0;
         loop {
-            let servers = self.servers();
-            let stopping = self.stopping.load(Ordering::SeqCst);
-            // While stopping, a worker still takes what arrives within one POLL, so a request
-            // on a connection accepted just before the stop is answered, not dropped.
-            match servers[0].recv_timeout(POLL) {
-                Ok(Some(rq)) => self.answer(rq),
-                Ok(None) if stopping => return,
-                Ok(None) => {}
-                Err(_) if stopping => return,
-                Err(e) => self.replace_server(Some(&servers[0]), &format!("accept failed: {e}")),
-            }
-            for old in &servers[1..] {
-                while let Ok(Some(rq)) = old.try_recv() {
-                    self.answer(rq);
+            match self.listener.accept() {
+                Ok((stream, _)) if self.stopping() => {
+                    drop(stream);
+                    return;
+                }
+                Ok((stream, _)) => {
+                    if failures > 0 {
+                        log::warn!(target: self.name, "accept works again after {failures} failure(s)");
+                        failures = 0;
+                    }
+                    self.admit(stream);
+                }
+                Err(_) if self.stopping() => return,
+                Err(e) => {
+                    if failures == 0 {
+                        log::error!(target: self.name, "accept failed: {e}; retrying");
+                    }
+                    failures += 1;
+                    let backoff = 5u64 << failures.min(6);
+                    thread::sleep(Duration::from_millis(backoff.min(200)));
                 }
             }
-            let panics = ACCEPT_PANICS.load(Ordering::SeqCst);
-            if !stopping && self.panics_seen.swap(panics, Ordering::SeqCst) != panics {
-                self.replace_server(None, "a tiny_http thread panicked");
-            }
         }
     }
 
-    fn servers(&self) -> Arc<[Arc<tiny_http::Server>]> {
-        Arc::clone(&self.servers.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Builds a fresh `Server` on a clone of our listener and keeps draining the old one.
-    /// `dead` is the server whose `recv` reported the error; `None` (a panic, which does not
-    /// say whose) means the current one. Restarts less than 2 s apart wait longer each time,
-    /// up to 250 ms, and only every 20th of them is logged, so exhausted descriptors cost a
-    /// few attempts a second and recovery takes well under a second once they are free.
-    fn replace_server(&self, dead: Option<&Arc<tiny_http::Server>>, why: &str) {
-        if self.stopping.load(Ordering::SeqCst) {
-            return; // the stop itself ends the accept thread
-        }
-        let wait = {
-            let mut streak = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
-            let (last, n) = *streak;
-            let n = if last.elapsed() < Duration::from_secs(2) {
-                n + 1
-            } else {
-                0
-            };
-            *streak = (Instant::now(), n);
-            if n % 20 == 0 {
-                log::error!(target: self.name, "accept thread stopped ({why}); restarting it (restarts in a row: {})", n + 1);
-            }
-            Duration::from_millis(25 << n.min(4)).min(RESTART_WAIT) * u32::from(n > 0)
-        };
-        thread::sleep(wait);
-        let fresh = loop {
-            if self.stopping.load(Ordering::SeqCst) {
+    /// Registers a new connection and gives it a thread, or answers 503 and closes it when
+    /// `max_connections` are open.
+    fn admit(self: &Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let conn = {
+            let mut conns = self.lock_conns();
+            if conns.open.len() >= self.max_connections {
+                drop(conns);
+                self.refuse(&stream);
                 return;
             }
-            match new_server(&self.listener) {
-                Ok(server) => break server,
-                Err(e) => {
-                    log::debug!(target: self.name, "cannot restart accept thread yet: {e}");
-                    thread::sleep(RESTART_WAIT);
-                }
-            }
+            let id = conns.next_id;
+            conns.next_id += 1;
+            let stream = Arc::new(stream);
+            conns.open.insert(id, Arc::clone(&stream));
+            (id, stream)
         };
-        let mut guard = self.servers.write().unwrap_or_else(|p| p.into_inner());
-        if dead.is_none_or(|dead| Arc::ptr_eq(&guard[0], dead)) {
-            let mut list = vec![fresh];
-            list.extend(guard.iter().take(MAX_RETIRED).cloned());
-            *guard = Arc::from(list);
-            log::info!(target: self.name, "accept thread restarted");
-        }
+        self.dispatch(conn);
     }
 
-    /// Frees threads for connections tiny_http's pool left waiting (see [`guard::unstarve`]),
-    /// until the server stops.
-    fn watch(&self) {
-        let mut waiting_since = std::collections::HashMap::new();
-        while !self.stopping.load(Ordering::SeqCst) {
-            thread::sleep(guard::UNSTARVE_EVERY);
-            let closed = guard::unstarve(self.port, &mut waiting_since);
-            if closed > 0 {
-                log::warn!(target: self.name, "connections were waiting for a tiny_http thread: closed {closed} idle keep-alive connection(s) to free threads");
+    /// The answer to a connection over the limit, written on the accept thread: it fits in
+    /// a fresh socket's send buffer, so the write does not block.
+    fn refuse(&self, stream: &TcpStream) {
+        let _ = stream.set_nonblocking(true);
+        let id = request_id(None);
+        let response = Response::error(503, "Too many connections");
+        let _ = (&*stream).write_all(&encode(&response, &id, false, true));
+        let _ = stream.shutdown(Shutdown::Write);
+        log::warn!(target: self.name, "- - 503 0.00ms request_id={id} refused: {} connections open", self.max_connections);
+    }
+
+    // --- The thread pool ---------------------------------------------------------------
+
+    /// Hands the connection to an idle thread if one waits, else starts a thread for it.
+    fn dispatch(self: &Arc<Self>, conn: Conn) {
+        {
+            let mut pool = self.lock_pool();
+            if pool.idle > 0 {
+                pool.idle -= 1;
+                pool.queue.push_back(conn);
+                self.pool_wake.notify_one();
+                return;
+            }
+        }
+        let id = conn.0;
+        let shared = Arc::clone(self);
+        let started = thread::Builder::new()
+            .name(format!("{}-conn", self.name))
+            .stack_size(STACK_BYTES)
+            .spawn(move || shared.connection_thread(conn));
+        if let Err(e) = started {
+            log::error!(target: self.name, "cannot start a connection thread: {e}");
+            if let Some(stream) = self.lock_conns().open.remove(&id) {
+                self.refuse(&stream);
             }
         }
     }
 
-    /// Stops accepting at once: shutting down the listening socket (shared by every clone)
-    /// wakes each accept thread with an error and makes new connections fail fast; open
-    /// connections are shut down for reading, so no new request arrives on them either.
-    fn stop(&self) {
-        if !self.stopping.swap(true, Ordering::SeqCst) {
-            let _ = SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read);
-            guard::close_connections(self.port);
+    /// Serves connections one after another until no new one comes for [`THREAD_KEEP`].
+    fn connection_thread(self: Arc<Self>, first: Conn) {
+        let mut conn = first;
+        loop {
+            let (id, stream) = conn;
+            if catch_unwind(AssertUnwindSafe(|| self.serve_connection(&stream))).is_err() {
+                log::error!(target: self.name, "connection thread panicked; connection closed");
+            }
+            let mut conns = self.lock_conns();
+            conns.open.remove(&id);
+            drop(stream);
+            self.all_closed.notify_all();
+            drop(conns);
+            match self.next_connection() {
+                Some(next) => conn = next,
+                None => return,
+            }
         }
     }
 
-    /// The one wrapper every request goes through: limits, request id, the handler (a panic
-    /// becomes a 500), then the answer is written now or, when delayed, by the timer.
-    fn answer(&self, rq: tiny_http::Request) {
+    /// Waits as an idle thread for the next connection handed over by [`Shared::dispatch`].
+    fn next_connection(&self) -> Option<Conn> {
+        let mut pool = self.lock_pool();
+        if self.stopping() {
+            return None;
+        }
+        pool.idle += 1;
+        loop {
+            if let Some(conn) = pool.queue.pop_front() {
+                return Some(conn);
+            }
+            if self.stopping() {
+                pool.idle -= 1;
+                return None;
+            }
+            let (guard, wait) = match self.pool_wake.wait_timeout(pool, THREAD_KEEP) {
+                Ok(woken) => woken,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            pool = guard;
+            if wait.timed_out() && pool.queue.is_empty() {
+                pool.idle -= 1;
+                return None;
+            }
+        }
+    }
+
+    // --- One connection ----------------------------------------------------------------
+
+    /// Reads, answers and writes requests in order until the client closes, a timeout
+    /// passes, a request asks to close, or a bad request ends the connection.
+    fn serve_connection(&self, stream: &TcpStream) {
+        let mut buf = Vec::new();
+        let mut reader = Reader::new(stream);
+        loop {
+            let head = match reader.head(&mut buf) {
+                Ok(Some(head)) => head,
+                Ok(None) => return, // closed, idle too long, or stopping
+                Err(bad) => return self.reject(stream, &bad),
+            };
+            let started = Instant::now();
+            let keep_alive = match self.read_body(stream, &mut reader, &mut buf, &head) {
+                Ok(()) => head.keep_alive,
+                Err(bad) => return self.reject(stream, &bad),
+            };
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            let keep_alive = self.answer(stream, &head, keep_alive, started);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if !keep_alive {
+                return;
+            }
+        }
+    }
+
+    /// Reads and drops the request's body (at most [`MAX_BODY_BYTES`], checked with the
+    /// head), after `100 Continue` if the client waits for it.
+    fn read_body(
+        &self,
+        stream: &TcpStream,
+        reader: &mut Reader<'_>,
+        buf: &mut Vec<u8>,
+        head: &Head,
+    ) -> Result<(), Bad> {
+        if head.content_length == 0 {
+            return Ok(());
+        }
+        if head.expect_continue && buf.len() < head.content_length {
+            (&*stream)
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .map_err(|_| Bad::closed())?;
+        }
+        reader.body(buf, head.content_length)
+    }
+
+    /// Runs the handler (a panic becomes a 500), waits out any delay on this thread, writes
+    /// the answer and its access line. Returns whether the connection stays open.
+    fn answer(&self, stream: &TcpStream, head: &Head, keep_alive: bool, started: Instant) -> bool {
+        let id = request_id(head.request_id.as_deref());
+        let req = Request::new(&head.method, &head.target, &id);
+        log::debug!(target: self.name, "{} {} started request_id={id}", req.method, req.path);
+        let response = catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
+            .unwrap_or_else(|_| Response::error(500, "Internal server error"));
+        if !response.delay.is_zero() {
+            thread::sleep(response.delay);
+        }
+        let keep_alive = keep_alive && !self.stopping();
+        let bytes = encode(&response, &id, req.method == "HEAD", !keep_alive);
+        let written = (&*stream).write_all(&bytes);
+        if let Err(e) = &written {
+            log::debug!(target: self.name, "writing the answer failed: {e} request_id={id}");
+        }
+        self.log_access(&req.method, &req.path, &response, &id, started);
+        keep_alive && written.is_ok()
+    }
+
+    /// Answers a request that breaks the rules with its 4xx/5xx and closes the connection.
+    fn reject(&self, stream: &TcpStream, bad: &Bad) {
+        let Some(status) = bad.status else { return };
         let started = Instant::now();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let method = rq.method().to_string();
-        let target = rq.url().to_string();
-        let incoming_id = header(&rq, "X-Request-Id");
-        let id = request_id(incoming_id.as_deref());
-        let req = Request::new(&method, &target, &id);
-        log::debug!(target: self.name, "{method} {} started request_id={id}", req.path);
-
-        let refused = guard::check_request(&rq);
-        let close = refused.is_some();
-        let response = match refused {
-            Some(response) => response,
-            None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
-                .unwrap_or_else(|_| Response::error(500, "Internal server error")),
-        };
-        let peer = rq.remote_addr().copied();
-        let answer = Answer {
-            rq,
-            peer,
-            response,
-            close,
-            started,
-            method,
-            path: req.path,
-            id,
-        };
-        // An answer behind a delayed one on the same (pipelined) connection waits its turn on
-        // the timer too, so no worker blocks on tiny_http's in-order writing.
-        if answer.response.delay.is_zero() && !self.delayed_on(peer) {
-            self.finish(answer);
-        } else {
-            self.delay(answer);
-        }
+        let id = request_id(None);
+        let response = Response::error(status, bad.message);
+        let _ = (&*stream).write_all(&encode(&response, &id, false, true));
+        let _ = stream.shutdown(Shutdown::Write);
+        self.log_access(&bad.method, &bad.path, &response, &id, started);
     }
 
-    /// Writes the answer, records it and writes the access line.
-    fn finish(&self, answer: Answer) {
-        let Answer {
-            rq,
-            response,
-            close,
-            started,
-            method,
-            path,
-            id,
-            ..
-        } = answer;
-        let (status, route) = (response.status, response.route);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            guard::respond(rq, to_tiny(response, &id, close), close, self.port)
-        }));
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::debug!(target: self.name, "writing the response failed: {e}"),
-            Err(_) => log::error!(target: self.name, "finishing request {id} panicked"),
-        }
+    /// The access line (`METHOD PATH STATUS LATENCYms request_id=…`, WARN for 5xx) and the
+    /// request metrics. The logger escapes anything a client put in the method or path.
+    fn log_access(
+        &self,
+        method: &str,
+        path: &str,
+        response: &Response,
+        id: &str,
+        started: Instant,
+    ) {
+        let status = response.status;
         let level = if status >= 500 {
             Level::Warn
         } else {
             Level::Info
         };
         let seconds = started.elapsed().as_secs_f64();
-        self.metrics.observe(&method, route, status, seconds);
+        self.metrics
+            .observe(method, response.route, status, seconds);
         let ms = seconds * 1000.0;
         log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Whether an answer for this connection is waiting on the timer (a lock only when any
-    /// answer is).
-    fn delayed_on(&self, peer: Option<SocketAddr>) -> bool {
-        self.delayed.load(Ordering::SeqCst) > 0
-            && self.lock_timer().pending.get(&peer).is_some_and(|n| *n > 0)
-    }
-
-    fn lock_timer(&self) -> std::sync::MutexGuard<'_, Timer> {
-        self.timer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Hands an answer to the timer thread, to be written when due; once that thread has
-    /// ended (shutdown), waits and writes it here.
-    fn delay(&self, answer: Answer) {
-        let due = Instant::now() + answer.response.delay;
-        let mut timer = self.lock_timer();
-        if timer.ended {
-            drop(timer);
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-            return self.finish(answer);
-        }
-        timer.seq += 1;
-        let seq = timer.seq;
-        *timer.pending.entry(answer.peer).or_default() += 1;
-        self.delayed.fetch_add(1, Ordering::SeqCst);
-        timer.due.push(Reverse((due, seq)));
-        timer.answers.insert(seq, answer);
-        self.timer_wake.notify_one();
-    }
-
-    /// The timer thread: when an answer is due, a short-lived thread writes it. The timer
-    /// itself never writes: tiny_http writes the answers of one connection in order, so a
-    /// write can wait for an earlier answer that is due later, and must not hold up the
-    /// timer that will release it. It ends once the server is stopping and nothing is in
-    /// flight.
-    fn run_timer(self: &Arc<Self>) {
-        let mut timer = self.lock_timer();
-        loop {
-            let now = Instant::now();
-            let wait = match timer.due.peek() {
-                Some(&Reverse((at, seq))) if at <= now => {
-                    timer.due.pop();
-                    if let Some(answer) = timer.answers.remove(&seq) {
-                        drop(timer);
-                        self.write_later(answer);
-                        timer = self.lock_timer();
-                    }
-                    continue;
-                }
-                Some(&Reverse((at, _))) => at - now,
-                None if self.stopping.load(Ordering::SeqCst)
-                    && self.in_flight.load(Ordering::SeqCst) == 0 =>
-                {
-                    timer.ended = true;
-                    return;
-                }
-                None => POLL,
-            };
-            timer = match self.timer_wake.wait_timeout(timer, wait) {
-                Ok((t, _)) => t,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-
-    /// Writes a due answer on a thread of its own (here if none can be started).
-    fn write_later(self: &Arc<Self>, answer: Answer) {
-        let slot = Arc::new(Mutex::new(Some(answer)));
-        let (shared, taken) = (Arc::clone(self), Arc::clone(&slot));
-        let spawned = thread::Builder::new()
-            .name(format!("{}-writer", self.name))
-            .spawn(move || shared.write_due(&taken));
-        if spawned.is_err() {
-            log::error!(target: self.name, "cannot start a writer thread; writing on the timer thread");
-            self.write_due(&slot);
-        }
-    }
-
-    fn write_due(&self, slot: &Mutex<Option<Answer>>) {
-        let Some(answer) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return;
-        };
-        let peer = answer.peer;
-        self.finish(answer);
-        let mut timer = self.lock_timer();
-        if let Some(n) = timer.pending.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                timer.pending.remove(&peer);
-            }
-        }
-        self.delayed.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// A request answered by its handler, waiting to be written.
-struct Answer {
-    rq: tiny_http::Request,
-    peer: Option<SocketAddr>,
-    response: Response,
-    close: bool,
-    started: Instant,
+// --- Reading a request ---------------------------------------------------------------
+
+/// A request that cannot be served: the status it gets (none when the connection just ends)
+/// and what the access line shows of it.
+#[derive(Debug)]
+struct Bad {
+    status: Option<u16>,
+    message: &'static str,
     method: String,
     path: String,
-    id: String,
 }
 
-/// Delayed answers by due time (then arrival), for the timer thread.
-#[derive(Default)]
-struct Timer {
-    due: BinaryHeap<Reverse<(Instant, u64)>>,
-    answers: HashMap<u64, Answer>,
-    /// Answers handed to the timer and not yet written, per connection.
-    pending: HashMap<Option<SocketAddr>, usize>,
-    seq: u64,
-    ended: bool,
-}
-
-fn header(rq: &tiny_http::Request, name: &str) -> Option<String> {
-    rq.headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
-}
-
-/// Adds the headers every response carries: `Content-Type`, `X-Content-Type-Options`,
-/// `X-Request-Id`, and `Connection: close` when the connection must not be reused.
-fn to_tiny(response: Response, id: &str, close: bool) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    let mut headers = vec![
-        ("Content-Type", response.content_type.to_string()),
-        ("X-Content-Type-Options", "nosniff".to_string()),
-        ("X-Request-Id", id.to_string()),
-    ];
-    if close {
-        headers.push(("Connection", "close".to_string()));
-    }
-    headers.extend(response.headers);
-    let mut out = tiny_http::Response::from_data(response.body.into_bytes())
-        .with_status_code(response.status);
-    for (name, value) in headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(h);
+impl Bad {
+    fn new(status: u16, message: &'static str) -> Bad {
+        Bad {
+            status: Some(status),
+            message,
+            method: "-".to_string(),
+            path: "-".to_string(),
         }
     }
+
+    /// The client closed or timed out mid-request: nothing to answer.
+    fn closed() -> Bad {
+        Bad {
+            status: None,
+            ..Bad::new(400, "")
+        }
+    }
+
+    /// Names the request in the access line by its method and target.
+    fn of(mut self, method: &str, target: &str) -> Bad {
+        self.method = method.to_string();
+        self.path = target.split('?').next().unwrap_or("").to_string();
+        self
+    }
+
+    /// Names a request that did not parse by the first two words of its first line (at
+    /// most 256 bytes of it), as far as they are there.
+    fn of_line(self, buf: &[u8]) -> Bad {
+        let line = &buf[..buf.len().min(256)];
+        let line = line
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or(&[]);
+        let line = String::from_utf8_lossy(line);
+        let mut words = line.split(' ').filter(|w| !w.is_empty());
+        let method = words.next().unwrap_or("-").to_string();
+        let target = words.next().unwrap_or("-").to_string();
+        self.of(&method, &target)
+    }
+}
+
+/// What the connection loop needs of a request head, checked against every rule.
+#[derive(Debug)]
+struct Head {
+    method: String,
+    /// In origin form (`/path?query`), also when sent in absolute form.
+    target: String,
+    keep_alive: bool,
+    content_length: usize,
+    expect_continue: bool,
+    request_id: Option<String>,
+}
+
+/// Reads from one connection with the right timeout for each wait.
+struct Reader<'a> {
+    stream: &'a TcpStream,
+    timeout: Option<Duration>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(stream: &'a TcpStream) -> Reader<'a> {
+        Reader {
+            stream,
+            timeout: None,
+        }
+    }
+
+    /// Reads what arrives (at most 8 KiB at a time) onto `buf`, waiting at most `timeout`.
+    /// Returns false at end of stream or when the wait passed.
+    fn fill(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> bool {
+        if self.timeout != Some(timeout) {
+            if self.stream.set_read_timeout(Some(timeout)).is_err() {
+                return false;
+            }
+            self.timeout = Some(timeout);
+        }
+        let mut chunk = [0u8; 8192];
+        match (&*self.stream).read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next request head, removed from `buf` (what follows it stays: a body, or
+    /// pipelined requests). `Ok(None)` when the connection ends quietly between requests.
+    fn head(&mut self, buf: &mut Vec<u8>) -> Result<Option<Head>, Bad> {
+        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + HEAD_TIMEOUT);
+        loop {
+            if !buf.is_empty() {
+                if let Some((head, len)) = parse_head(buf)? {
+                    buf.drain(..len);
+                    return Ok(Some(head));
+                }
+            }
+            let timeout = match deadline {
+                None => IDLE_TIMEOUT,
+                Some(at) => at.saturating_duration_since(Instant::now()),
+            };
+            if timeout.is_zero() || !self.fill(buf, timeout) {
+                // Closed or timed out: quietly between requests, else mid-head.
+                return if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Bad::closed())
+                };
+            }
+            deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
+        }
+    }
+
+    /// Takes `len` body bytes off `buf`, reading more within [`HEAD_TIMEOUT`] if needed.
+    fn body(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), Bad> {
+        let deadline = Instant::now() + HEAD_TIMEOUT;
+        while buf.len() < len {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.fill(buf, left) {
+                return Err(Bad::closed());
+            }
+        }
+        buf.drain(..len);
+        Ok(())
+    }
+}
+
+/// The longest head worth waiting for: a request line with the longest target, then the
+/// most header bytes.
+const MAX_HEAD_BYTES: usize = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 1024;
+
+/// Parses the head at the start of `buf`: `Ok(None)` while incomplete, `Ok(Some((head,
+/// length)))` once whole and valid, `Err` for anything that breaks the rules (each answered,
+/// then the connection closes).
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Bad> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(too_long(buf).of_line(buf)),
+        Err(httparse::Error::Version) => {
+            return Err(Bad::new(505, "HTTP version not supported").of_line(buf));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Bad::new(431, "Too many header fields").of_line(buf));
+        }
+        Err(_) => return Err(Bad::new(400, "Malformed request").of_line(buf)),
+    };
+    let method = req.method.unwrap_or("-");
+    let target = req.path.unwrap_or("-");
+    let bad = |status, message| Bad::new(status, message).of(method, target);
+    if has_bare_lf(&buf[..len]) {
+        return Err(bad(400, "Line endings must be CRLF"));
+    }
+    if target.len() > MAX_TARGET_BYTES {
+        return Err(bad(414, "Request target too long"));
+    }
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(400, "Request target must be ASCII"));
+    }
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(bad(431, "Request header fields too large"));
+    }
+    let version = req.version.unwrap_or(1);
+    let values = |name: &str| -> Vec<String> {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+            .collect()
+    };
+    let hosts = values("Host").len();
+    if hosts > 1 || (version == 1 && hosts == 0) {
+        return Err(bad(400, "Exactly one Host header is required"));
+    }
+    if !values("Transfer-Encoding").is_empty() {
+        return Err(bad(413, "Request body too large"));
+    }
+    let lengths = values("Content-Length");
+    let content_length = match lengths.as_slice() {
+        [] => 0,
+        [one] if !one.is_empty() && one.bytes().all(|b| b.is_ascii_digit()) => {
+            match one.parse::<usize>() {
+                Ok(n) if n <= MAX_BODY_BYTES => n,
+                _ => return Err(bad(413, "Request body too large")),
+            }
+        }
+        _ => return Err(bad(400, "Invalid Content-Length")),
+    };
+    let expect = values("Expect");
+    let expect_continue = match expect.as_slice() {
+        [] => false,
+        [one] if one.eq_ignore_ascii_case("100-continue") => true,
+        _ => return Err(bad(417, "Expectation not supported")),
+    };
+    let connection: Vec<String> = values("Connection")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let keep_alive = match version {
+        0 => connection.iter().any(|t| t == "keep-alive"),
+        _ => !connection.iter().any(|t| t == "close"),
+    };
+    let request_id = values("X-Request-Id").into_iter().next();
+    let head = Head {
+        method: method.to_string(),
+        target: origin_form(target),
+        keep_alive,
+        content_length,
+        expect_continue,
+        request_id,
+    };
+    Ok(Some((head, len)))
+}
+
+/// A head too long to wait for: 414 if the request line alone is over the limit, else 431.
+fn too_long(buf: &[u8]) -> Bad {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) if end <= MAX_TARGET_BYTES + 64 => {
+            Bad::new(431, "Request header fields too large")
+        }
+        _ => Bad::new(414, "Request target too long"),
+    }
+}
+
+/// Whether a line of the head ends in a bare LF (no CR before it).
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// `http://host/path?q` → `/path?q`; any other target is kept as sent.
+fn origin_form(target: &str) -> String {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let Some(rest) = ["http://", "https://"]
+        .iter()
+        .find(|scheme| lower.starts_with(**scheme))
+        .map(|scheme| &target[scheme.len()..])
+    else {
+        return target.to_string();
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => rest[i..].to_string(),
+        Some(i) => format!("/{}", &rest[i..]),
+        None => "/".to_string(),
+    }
+}
+
+// --- Writing an answer ---------------------------------------------------------------
+
+/// The bytes of an answer: status line, the headers every answer carries (`Content-Type`,
+/// `X-Content-Type-Options`, `X-Request-Id`), the handler's own, `Content-Length` (none and
+/// no body for HEAD, 204 and 304) and `Connection: close` when the connection ends after it.
+fn encode(response: &Response, id: &str, head: bool, close: bool) -> Vec<u8> {
+    let status = response.status;
+    let bodiless = head || status == 204 || status == 304;
+    let mut out = Vec::with_capacity(192 + response.body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nX-Content-Type-Options: nosniff\r\nX-Request-Id: {id}\r\n",
+        reason(status),
+        response.content_type
+    );
+    for (name, value) in &response.headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if !bodiless {
+        let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodiless {
+        out.extend_from_slice(response.body.as_bytes());
+    }
     out
+}
+
+/// The reason phrase of the statuses the services send (empty for others, as HTTP allows).
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<(Head, usize)>, Bad> {
+        parse_head(raw.as_bytes())
+    }
+
+    fn status(raw: &str) -> Option<u16> {
+        parse(raw).err().and_then(|bad| bad.status)
+    }
+
+    #[test]
+    fn a_valid_head_is_parsed_and_its_length_known() {
+        let raw = "GET /echo?msg=hi HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc\r\n\r\nNEXT";
+        let (head, len) = parse(raw).ok().flatten().expect("complete head");
+        assert_eq!(&raw[len..], "NEXT");
+        assert_eq!(
+            (head.method.as_str(), head.target.as_str()),
+            ("GET", "/echo?msg=hi")
+        );
+        assert_eq!(head.request_id.as_deref(), Some("abc"));
+        assert!(head.keep_alive && head.content_length == 0 && !head.expect_continue);
+        assert!(parse("GET / HTTP/1.1\r\nHost: t\r\n")
+            .ok()
+            .expect("ok")
+            .is_none());
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let alive = |raw: &str| parse(raw).ok().flatten().map(|(h, _)| h.keep_alive);
+        assert_eq!(alive("GET / HTTP/1.0\r\n\r\n"), Some(false));
+        assert_eq!(
+            alive("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
+            Some(true)
+        );
+        assert_eq!(
+            alive("GET / HTTP/1.1\r\nHost: t\r\nConnection: x, close\r\n\r\n"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn framing_must_be_unambiguous() {
+        for cl in ["abc", "-1", "1 , 1", "0x10", "+5", ""] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(status(&raw), Some(400), "{cl:?}");
+        }
+        let two = "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(status(two), Some(400));
+        for cl in ["1025", "18446744073709551616", "99999999999999999999999"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {cl}\r\n\r\n");
+            assert_eq!(status(&raw), Some(413), "{cl}");
+        }
+        let te =
+            "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(status(te), Some(413));
+        let ok = parse("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n");
+        assert_eq!(ok.ok().flatten().map(|(h, _)| h.content_length), Some(1024));
+    }
+
+    #[test]
+    fn protocol_rules_are_strict() {
+        assert_eq!(status("GET / HTTP/2.0\r\nHost: t\r\n\r\n"), Some(505));
+        assert_eq!(status("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Some(505));
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), Some(400), "no Host");
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(status("GET / HTTP/1.1\nHost: t\n\n"), Some(400), "bare LF");
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(status("GET /\u{e9} HTTP/1.1\r\nHost: t\r\n\r\n"), Some(400));
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: t\r\nExpect: odd\r\n\r\n"),
+            Some(417)
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n")),
+            Some(431)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: t\r\nX: {}\r\n\r\n",
+            "v".repeat(MAX_HEADER_BYTES)
+        );
+        assert_eq!(status(&big), Some(431));
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: t\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES)
+        );
+        assert_eq!(status(&long), Some(414));
+        let endless = format!("GET /{}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(status(&endless), Some(414));
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(status(&endless), Some(431));
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        assert_eq!(origin_form("http://x/echo?msg=1"), "/echo?msg=1");
+        assert_eq!(origin_form("HTTP://x:80?msg=1"), "/?msg=1");
+        assert_eq!(origin_form("https://x"), "/");
+        assert_eq!(origin_form("/plain"), "/plain");
+        assert_eq!(origin_form("*"), "*");
+    }
+
+    #[test]
+    fn answers_are_framed() {
+        let text = |r: &Response, head, close| {
+            String::from_utf8(encode(r, "id", head, close)).unwrap_or_default()
+        };
+        let ok = Response::error(404, "Not found").with_header("Allow", "GET");
+        let out = text(&ok, false, false);
+        assert!(
+            out.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("X-Request-Id: id\r\nAllow: GET\r\nContent-Length: 21\r\n\r\n{\"error\":\"Not found\"}"), "{out}");
+        assert!(!out.contains("Connection"));
+        let head = text(&ok, true, true);
+        assert!(
+            head.ends_with("Connection: close\r\n\r\n") && !head.contains("Content-Length"),
+            "{head}"
+        );
+        let empty = text(&Response::error(204, "x"), false, false);
+        assert!(
+            empty.ends_with("nosniff\r\nX-Request-Id: id\r\n\r\n"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn the_listener_has_no_timeout() {
+        let listener = bind("127.0.0.1:0").expect("bind");
+        let sock = socket2::SockRef::from(&listener);
+        assert_eq!(sock.read_timeout().ok(), Some(None));
+        assert_eq!(sock.write_timeout().ok(), Some(None));
+    }
 }

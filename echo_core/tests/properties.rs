@@ -1,6 +1,8 @@
 //! Properties of the query decoder, the form encoder B uses for A's URL, and the request-id
 //! rule, over generated inputs.
 
+#![forbid(unsafe_code)]
+
 use echo_core::http::{decode_query, form_encode, is_valid_request_id, request_id, QueryError};
 use proptest::prelude::*;
 

@@ -4,65 +4,62 @@
 //! `--delay-ms` slows every call (the timeout demo), `--fail-rate` fails a reproducible
 //! share of calls (`--seed`), and a caller may ask for `delay_ms` and `status` per request.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
 use serde_json::json;
 
-/// Service A's command line; every flag also reads its environment variable.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "service_a",
-    version,
-    after_help = echo_core::guard::LIMITS_HELP,
-    about = "Service A: echoes ?msg= back as JSON"
-)]
+/// Service A's settings. [`Config::default`] is the documented default of every flag;
+/// tests build it directly, and only `main.rs` knows the command line.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Address to listen on (IP:PORT; port 0 picks a free port).
-    #[arg(long, env = "SERVICE_A_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Delay every /echo by this many milliseconds (the timeout demo).
-    #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = 0)]
+    /// Delay every `/echo` by this many milliseconds: the timeout demo. Default 0.
     pub delay_ms: u64,
-    /// Fail this share of /echo calls (0.0 to 1.0) with --fail-status.
-    #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    /// Share of `/echo` calls (0.0 to 1.0) failed with `fail_status`. Default 0.
     pub fail_rate: f64,
-    /// The status of an injected failure (400 to 599).
-    #[arg(long, env = "SERVICE_A_FAIL_STATUS", default_value_t = 500,
-          value_parser = clap::value_parser!(u16).range(400..=599))]
+    /// Status of an injected failure (400 to 599). Default 500.
     pub fail_status: u16,
-    /// Seed of the failure sequence, so a run can be repeated (random when absent).
-    #[arg(long, env = "SERVICE_A_SEED")]
+    /// Seed of the failure sequence, so a run can be repeated. Default: random.
     pub seed: Option<u64>,
-    /// Largest per-request `delay_ms` honoured; larger values are capped to it.
-    #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = 10_000)]
+    /// Largest per-request `delay_ms` honoured; larger asks are capped. Default 10 000.
     pub max_delay_ms: u64,
-    /// Worker threads answering requests (twice the CPUs by default). A delayed answer waits on
-    /// a timer thread, not on a worker.
-    #[arg(long, env = "SERVICE_A_WORKERS", default_value_t = echo_core::server::default_workers(),
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: u16,
-    /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
+    /// Open connections at most, beyond which a new one gets 503. Default: what the
+    /// open-file limit allows (see [`echo_core::server::default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Log level. Default `info`.
     pub log_level: LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8080".to_string(),
+            delay_ms: 0,
+            fail_rate: 0.0,
+            fail_status: 500,
+            seed: None,
+            max_delay_ms: 10_000,
+            max_connections: None,
+            log_level: LevelFilter::Info,
+        }
+    }
 }
 
 impl Config {
     /// The defaults, listening on `listen` (tests use `127.0.0.1:0`).
     pub fn on(listen: &str) -> Config {
-        Config::parse_from(["service_a", "--listen", listen])
-    }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(format!("'{s}' is not a rate between 0.0 and 1.0")),
+        Config {
+            listen: listen.to_string(),
+            ..Config::default()
+        }
     }
 }
 
@@ -184,15 +181,18 @@ fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String>
 
 /// Starts Service A; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-    log::info!(target: "service_a", "config: listen={} workers={} delay_ms={} fail_rate={} fail_status={} seed={} max_delay_ms={} log_level={}",
-        config.listen, config.workers, config.delay_ms, config.fail_rate, config.fail_status,
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| echo_core::server::default_max_connections(1));
+    log::info!(target: "service_a", "config: listen={} max_connections={max_connections} delay_ms={} fail_rate={} fail_status={} seed={} max_delay_ms={} log_level={}",
+        config.listen, config.delay_ms, config.fail_rate, config.fail_status,
         config.seed.map_or("random".to_string(), |s| s.to_string()), config.max_delay_ms, config.log_level);
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
     echo_core::serve(
         "service_a",
         &config.listen,
-        config.workers.into(),
+        max_connections,
         metrics,
         move |req| service.handle(req),
     )
@@ -335,8 +335,8 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() {
-        let c = Config::parse_from(["service_a"]);
+        let c = Config::default();
         assert_eq!((c.listen.as_str(), c.delay_ms), ("127.0.0.1:8080", 0));
-        assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!((c.log_level, c.max_connections), (LevelFilter::Info, None));
     }
 }

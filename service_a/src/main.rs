@@ -1,10 +1,64 @@
-//! `service_a`: parse the command line, start, wait for SIGTERM/SIGINT, stop.
+//! `service_a`: parse the command line into a [`Config`], start, wait for SIGTERM/SIGINT,
+//! stop. The defaults are [`Config::default`]'s.
+
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use log::LevelFilter;
 use service_a::Config;
 
+/// Service A: echoes ?msg= back as JSON. Every flag also reads its environment variable.
+#[derive(Parser)]
+#[command(name = "service_a", version, after_help = echo_core::server::LIMITS_HELP)]
+struct Cli {
+    /// Address to listen on (IP:PORT; port 0 picks a free port).
+    #[arg(long, env = "SERVICE_A_LISTEN", default_value_t = Config::default().listen)]
+    listen: String,
+    /// Delay every /echo by this many milliseconds (the timeout demo).
+    #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = Config::default().delay_ms)]
+    delay_ms: u64,
+    /// Fail this share of /echo calls (0.0 to 1.0) with --fail-status.
+    #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = 0.0, value_parser = rate)]
+    fail_rate: f64,
+    /// The status of an injected failure (400 to 599).
+    #[arg(long, env = "SERVICE_A_FAIL_STATUS", default_value_t = Config::default().fail_status,
+          value_parser = clap::value_parser!(u16).range(400..=599))]
+    fail_status: u16,
+    /// Seed of the failure sequence, so a run can be repeated [default: random].
+    #[arg(long, env = "SERVICE_A_SEED")]
+    seed: Option<u64>,
+    /// Largest per-request `delay_ms` honoured; larger values are capped to it.
+    #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = Config::default().max_delay_ms)]
+    max_delay_ms: u64,
+    /// Open connections at most; beyond, a new one gets 503 [default: open-file limit − 64,
+    /// at most 10000].
+    #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Log level: off, error, warn, info, debug or trace.
+    #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
+    log_level: LevelFilter,
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a rate between 0.0 and 1.0")),
+    }
+}
+
 fn main() -> ExitCode {
-    let config: Config = echo_core::cli::parse("service_a");
+    let cli: Cli = echo_core::cli::parse("service_a");
+    let config = Config {
+        listen: cli.listen,
+        delay_ms: cli.delay_ms,
+        fail_rate: cli.fail_rate,
+        fail_status: cli.fail_status,
+        seed: cli.seed,
+        max_delay_ms: cli.max_delay_ms,
+        max_connections: cli.max_connections.map(|n| n as usize),
+        log_level: cli.log_level,
+    };
     echo_core::cli::run("service_a", config.log_level, || service_a::spawn(config))
 }

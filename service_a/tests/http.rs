@@ -1,5 +1,7 @@
 //! Service A over real sockets, started in-process on port 0.
 
+#![forbid(unsafe_code)]
+
 use echo_tests::{get, send};
 use serde_json::json;
 use service_a::{spawn, Config};
@@ -71,16 +73,14 @@ fn delay_applies_to_echo_only() {
 }
 
 #[test]
-fn delayed_answers_hold_no_worker() {
-    let mut config = Config::on("127.0.0.1:0");
-    config.workers = 1;
-    let a = spawn(config).expect("start");
+fn delayed_answers_hold_up_no_other_connection() {
+    let a = start();
     let addr = a.addr();
     let started = std::time::Instant::now();
     let slow: Vec<_> = (0..3)
         .map(|i| std::thread::spawn(move || get(addr, &format!("/echo?msg=s{i}&delay_ms=800"))))
         .collect();
-    // The one worker is free while three answers wait: /health is not queued behind them.
+    // Each delay sleeps on its own connection's thread: /health is not queued behind them.
     assert_eq!(get(addr, "/health").status, 200);
     assert!(
         started.elapsed() < std::time::Duration::from_millis(600),
@@ -101,8 +101,7 @@ fn delayed_answers_hold_no_worker() {
 
 #[test]
 fn pipelined_requests_with_delays_are_answered_in_order() {
-    // A later request due earlier than the one before it must not block the timer: tiny_http
-    // writes the answers of one connection in order.
+    // One connection's answers are written in order, each after its own delay.
     let a = start();
     let mut raw = String::from("GET /echo?msg=slow&delay_ms=600 HTTP/1.1\r\nHost: t\r\n\r\n");
     raw.push_str("GET /echo?msg=quick&delay_ms=10 HTTP/1.1\r\nHost: t\r\n\r\n");

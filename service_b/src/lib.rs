@@ -1,15 +1,16 @@
 //! Service B: `GET /call-echo?msg=M` calls Service A's `/echo` with one deadline and answers
 //! `{"msg":M,"echo_response":<A's object>}`, or a 503 whose `kind` and `details` say exactly
 //! how the call failed. Calls to A pass a bulkhead (at most `--max-inflight` at once) and a
-//! circuit breaker, so a failing A costs B neither its workers nor its `/health`.
+//! circuit breaker, so a failing A costs B neither its threads nor its `/health`.
 //! Also `GET /health` (liveness), `GET /ready` (readiness: the breaker) and `GET /metrics`.
+
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use echo_core::metrics::latency_histogram;
 use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
@@ -26,63 +27,55 @@ pub mod client;
 pub use breaker::Breaker;
 pub use client::{CallError, EchoClient};
 
-/// Service B's command line; every flag also reads its environment variable.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "service_b",
-    version,
-    after_help = echo_core::guard::LIMITS_HELP,
-    about = "Service B: calls Service A and reports its failures as 503"
-)]
+/// Service B's settings. [`Config::default`] is the documented default of every flag;
+/// tests build it directly, and only `main.rs` knows the command line.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Address to listen on (IP:PORT; port 0 picks a free port).
-    #[arg(long, env = "SERVICE_B_LISTEN", default_value = "127.0.0.1:8081")]
+    /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8081`.
     pub listen: String,
-    /// Base URL of Service A (http:// only).
-    #[arg(long, env = "SERVICE_A_URL", default_value = "http://127.0.0.1:8080", value_parser = parse_service_a_url)]
+    /// Base URL of Service A (`http://` only; see [`parse_service_a_url`]).
+    /// Default `http://127.0.0.1:8080`.
     pub service_a_url: String,
-    /// Deadline for each call to Service A, covering connect, send and receive.
-    #[arg(long, env = "SERVICE_B_TIMEOUT_MS", default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    /// Deadline of each call to A, covering connect, send and receive. Default 2000.
     pub timeout_ms: u64,
-    /// Worker threads answering requests; each /call-echo holds one for up to --timeout-ms.
-    #[arg(long, env = "SERVICE_B_WORKERS", default_value_t = 72,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: u16,
-    /// Calls to Service A in flight at most; more get 503 `overloaded` at once
-    /// [default: workers minus 8 (minus half of them when fewer than 16), which stay free for /health].
-    #[arg(long, env = "SERVICE_B_MAX_INFLIGHT",
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub max_inflight: Option<u16>,
-    /// Failed calls in a row that open the circuit breaker (0 turns it off).
-    #[arg(long, env = "SERVICE_B_BREAKER_THRESHOLD", default_value_t = 5)]
+    /// Calls to A in flight at most; more get 503 `overloaded` at once (the bulkhead), so a
+    /// hanging A cannot take every thread and descriptor. Default 64.
+    pub max_inflight: usize,
+    /// Failed calls in a row that open the circuit breaker (0 turns it off). Default 5.
     pub breaker_threshold: u32,
-    /// How long an open breaker fails calls at once before one trial call.
-    #[arg(long, env = "SERVICE_B_BREAKER_COOLDOWN_MS", default_value_t = 2000)]
+    /// How long an open breaker fails calls at once before one trial call. Default 2000.
     pub breaker_cooldown_ms: u64,
-    /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, env = "SERVICE_B_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
+    /// Open connections at most, beyond which a new one gets 503. Default: what the
+    /// open-file limit allows at two descriptors a connection (one to the client, one to A;
+    /// see [`echo_core::server::default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Log level. Default `info`.
     pub log_level: LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8081".to_string(),
+            service_a_url: "http://127.0.0.1:8080".to_string(),
+            timeout_ms: 2000,
+            max_inflight: 64,
+            breaker_threshold: 5,
+            breaker_cooldown_ms: 2000,
+            max_connections: None,
+            log_level: LevelFilter::Info,
+        }
+    }
 }
 
 impl Config {
     /// The defaults, listening on `listen` and calling A at `service_a_url`.
     pub fn on(listen: &str, service_a_url: &str) -> Config {
-        Config::parse_from([
-            "service_b",
-            "--listen",
-            listen,
-            "--service-a-url",
-            service_a_url,
-        ])
-    }
-
-    /// `--max-inflight`, or its default.
-    pub fn max_inflight(&self) -> usize {
-        let workers = usize::from(self.workers);
-        self.max_inflight
-            .map(usize::from)
-            .unwrap_or_else(|| (workers - (workers / 2).min(8)).max(1))
+        Config {
+            listen: listen.to_string(),
+            service_a_url: service_a_url.to_string(),
+            ..Config::default()
+        }
     }
 }
 
@@ -185,9 +178,9 @@ impl ServiceB {
             breaker_state.clone(),
         );
         ServiceB {
-            client: EchoClient::new(&config.service_a_url, timeout, config.workers.into()),
+            client: EchoClient::new(&config.service_a_url, timeout, config.max_inflight),
             bulkhead: Bulkhead {
-                limit: config.max_inflight(),
+                limit: config.max_inflight.max(1),
                 used: AtomicUsize::new(0),
                 gauge: upstream.in_flight.clone(),
             },
@@ -238,7 +231,7 @@ impl ServiceB {
         let url = self.client.url(&msg);
         // Encoded for A's URL the message can grow (`!` becomes `%21`): one that would
         // exceed A's target limit is the client's mistake, answered here, A not called.
-        if self.client.target_len(&msg) > echo_core::guard::MAX_TARGET_BYTES {
+        if self.client.target_len(&msg) > echo_core::server::MAX_TARGET_BYTES {
             return Response::error(414, "Message too long: Service A's URL would exceed 8 KiB");
         }
         let timeout_ms = self.client.timeout().as_millis();
@@ -295,15 +288,18 @@ impl ServiceB {
 
 /// Starts Service B; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} workers={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} log_level={}",
-        config.listen, config.service_a_url, config.timeout_ms, config.workers, config.max_inflight(),
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| echo_core::server::default_max_connections(2));
+    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
+        config.listen, config.service_a_url, config.timeout_ms, config.max_inflight,
         config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
     let service = ServiceB::new(&config);
     let metrics = service.metrics_handle();
     echo_core::serve(
         "service_b",
         &config.listen,
-        config.workers.into(),
+        max_connections,
         metrics,
         move |req| service.handle(req),
     )
@@ -394,14 +390,10 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() {
-        let c = Config::parse_from(["service_b"]);
+        let c = Config::default();
         assert_eq!(c.listen, "127.0.0.1:8081");
         assert_eq!(c.service_a_url, "http://127.0.0.1:8080");
-        assert_eq!(c.timeout_ms, 2000);
-        assert_eq!((c.workers, c.max_inflight()), (72, 64));
-        let small = Config::parse_from(["service_b", "--workers", "4"]);
-        assert_eq!(small.max_inflight(), 2);
-        let one = Config::parse_from(["service_b", "--workers", "1"]);
-        assert_eq!(one.max_inflight(), 1);
+        assert_eq!((c.timeout_ms, c.max_inflight), (2000, 64));
+        assert_eq!((c.breaker_threshold, c.breaker_cooldown_ms), (5, 2000));
     }
 }

@@ -1,6 +1,8 @@
 //! Service B over real sockets, started in-process on port 0, calling either a real Service A
 //! or a real misbehaving server standing in for it.
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use echo_tests::{closed_port, get, get_with, Behaviour, FakeA};

@@ -1,6 +1,8 @@
 //! B's resilience over real sockets: the bulkhead, the circuit breaker, readiness, metrics,
 //! and A's fault injection seen through B.
 
+#![forbid(unsafe_code)]
+
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -8,34 +10,21 @@ use echo_tests::{get, Behaviour, FakeA};
 use serde_json::json;
 use service_b::{spawn, Config};
 
-fn b_with(url: &str, flags: &[&str]) -> echo_core::ServerHandle {
-    let mut args = vec![
-        "service_b",
-        "--listen",
-        "127.0.0.1:0",
-        "--service-a-url",
-        url,
-    ];
-    args.extend_from_slice(flags);
-    spawn(<Config as clap::Parser>::parse_from(args)).expect("start service_b")
+/// B on port 0 calling `url`, with the defaults changed by `tune`.
+fn b_with(url: &str, tune: impl FnOnce(&mut Config)) -> echo_core::ServerHandle {
+    let mut config = Config::on("127.0.0.1:0", url);
+    tune(&mut config);
+    spawn(config).expect("start service_b")
 }
 
 #[test]
 fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
     let fake = FakeA::start(Behaviour::Silent);
-    let b = b_with(
-        &fake.url(),
-        &[
-            "--max-inflight",
-            "2",
-            "--workers",
-            "8",
-            "--timeout-ms",
-            "1500",
-            "--breaker-threshold",
-            "0",
-        ],
-    );
+    let b = b_with(&fake.url(), |c| {
+        c.max_inflight = 2;
+        c.timeout_ms = 1500;
+        c.breaker_threshold = 0;
+    });
     let addr = b.addr();
     let held: Vec<_> = (0..2)
         .map(|_| thread::spawn(move || get(addr, "/call-echo?msg=held")))
@@ -88,10 +77,10 @@ fn wait_ready(b: &echo_core::ServerHandle, status: u16) -> bool {
 #[test]
 fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     let fake = FakeA::start(Behaviour::Answer(500, r#"{"error":"down"}"#.into()));
-    let b = b_with(
-        &fake.url(),
-        &["--breaker-threshold", "3", "--breaker-cooldown-ms", "700"],
-    );
+    let b = b_with(&fake.url(), |c| {
+        c.breaker_threshold = 3;
+        c.breaker_cooldown_ms = 700;
+    });
     assert_eq!(get(b.addr(), "/ready").json(), json!({"status": "ready"}));
     for _ in 0..3 {
         assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "status");
@@ -149,7 +138,7 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
 #[test]
 fn metrics_count_requests_by_route_and_status() {
     let a = service_a::spawn(service_a::Config::on("127.0.0.1:0")).expect("start A");
-    let b = b_with(&a.url(), &[]);
+    let b = b_with(&a.url(), |_| {});
     for _ in 0..3 {
         assert_eq!(get(b.addr(), "/call-echo?msg=m").status, 200);
     }
@@ -192,7 +181,7 @@ fn wait_for_metrics(addr: std::net::SocketAddr, needles: &[&str]) {
 #[test]
 fn b_forwards_only_msg_so_faults_cannot_be_injected_through_it() {
     let a = service_a::spawn(service_a::Config::on("127.0.0.1:0")).expect("start A");
-    let b = b_with(&a.url(), &[]);
+    let b = b_with(&a.url(), |_| {});
     let r = get(b.addr(), "/call-echo?msg=x&status=500&delay_ms=5000");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -208,7 +197,7 @@ fn a_failing_at_a_seeded_rate_is_seen_as_status_failures() {
     config.fail_rate = 1.0;
     config.fail_status = 502;
     let a = service_a::spawn(config).expect("start A");
-    let b = b_with(&a.url(), &["--breaker-threshold", "0"]);
+    let b = b_with(&a.url(), |c| c.breaker_threshold = 0);
     let r = get(b.addr(), "/call-echo?msg=x");
     assert_eq!(r.json()["details"], "Service A returned HTTP 502");
     assert_eq!(get(a.addr(), "/health").status, 200);
@@ -217,7 +206,7 @@ fn a_failing_at_a_seeded_rate_is_seen_as_status_failures() {
 #[test]
 fn a_4xx_from_a_does_not_open_the_breaker() {
     let fake = FakeA::start(Behaviour::Answer(404, r#"{"error":"Not found"}"#.into()));
-    let b = b_with(&fake.url(), &["--breaker-threshold", "2"]);
+    let b = b_with(&fake.url(), |c| c.breaker_threshold = 2);
     for _ in 0..5 {
         let r = get(b.addr(), "/call-echo?msg=x");
         assert_eq!(r.json()["details"], "Service A returned HTTP 404");

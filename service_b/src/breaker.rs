@@ -1,7 +1,9 @@
 //! The circuit breaker in front of Service A: after `threshold` failed calls in a row it
 //! opens for `cooldown`, and calls fail at once without reaching A; then one trial call is let
-//! through, and its outcome closes the breaker or opens it again.
+//! through, and its outcome closes the breaker or opens it again. It remembers the last
+//! failure, so a call refused while it is open can still say what went wrong.
 
+use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,40 @@ impl State {
 pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
-    state: Mutex<State>,
+    state: Mutex<Inner>,
     gauge: Gauge,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// Failures in a row so far (while closed) or when it opened, and the last one's cause.
+    failures: u32,
+    last: String,
+}
+
+/// Why a call was refused without reaching A: the breaker is open (or its trial is in
+/// flight). Its `Display` is the 503 `details`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Open {
+    /// Until the next trial call may go through.
+    pub left: Duration,
+    /// Failed calls in a row that opened it.
+    pub failures: u32,
+    /// The last failure, as its 503 `details` said.
+    pub last: String,
+}
+
+impl fmt::Display for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Circuit open after {} failures; last: {}; next try in {}ms",
+            self.failures,
+            self.last,
+            self.left.as_millis()
+        )
+    }
 }
 
 /// Leave to make one call. Its outcome must be reported with [`Permit::record`]; a permit
@@ -48,17 +82,18 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// Reports the call's outcome.
-    pub fn record(mut self, ok: bool) {
+    /// Reports the call's outcome: `None` for success, else the failure's cause.
+    pub fn record(mut self, failure: Option<String>) {
         self.recorded = true;
-        self.breaker.record(ok, self.trial);
+        self.breaker.record(failure, self.trial);
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker.record(false, self.trial);
+            let cause = "the call ended without an outcome".to_string();
+            self.breaker.record(Some(cause), self.trial);
         }
     }
 }
@@ -69,12 +104,16 @@ impl Breaker {
         Breaker {
             threshold,
             cooldown,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: Mutex::new(Inner {
+                state: State::Closed { failures: 0 },
+                failures: 0,
+                last: String::new(),
+            }),
             gauge,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -83,22 +122,29 @@ impl Breaker {
         self.gauge.set(next.gauge_value());
     }
 
-    /// Leave to call A, or how long until the breaker may let a call through.
-    pub fn permit(&self) -> Result<Permit<'_>, Duration> {
+    /// Leave to call A, or why not and until when.
+    pub fn permit(&self) -> Result<Permit<'_>, Open> {
         let mut trial = false;
         if self.threshold > 0 {
-            let mut state = self.lock();
-            match *state {
+            let mut inner = self.lock();
+            let open = |inner: &Inner, left| Open {
+                left,
+                failures: inner.failures,
+                last: inner.last.clone(),
+            };
+            match inner.state {
                 State::Closed { .. } => {}
                 State::Open { until } => match until.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => return Err(left),
+                    Some(left) if !left.is_zero() => return Err(open(&inner, left)),
                     _ => {
                         trial = true;
-                        self.set(&mut state, State::HalfOpen);
+                        self.set(&mut inner.state, State::HalfOpen);
                         log::warn!(target: "service_b", "circuit half-open: letting one trial call through to Service A");
                     }
                 },
-                State::HalfOpen => return Err(self.cooldown.min(Duration::from_secs(1))),
+                State::HalfOpen => {
+                    return Err(open(&inner, self.cooldown.min(Duration::from_secs(1))))
+                }
             }
         }
         Ok(Permit {
@@ -108,19 +154,30 @@ impl Breaker {
         })
     }
 
-    fn record(&self, ok: bool, trial: bool) {
+    fn record(&self, failure: Option<String>, trial: bool) {
         if self.threshold == 0 {
             return;
         }
-        let mut state = self.lock();
-        match (*state, ok) {
+        let mut inner = self.lock();
+        let ok = failure.is_none();
+        let current = inner.state;
+        // Counted while closed, and by the trial; a late call from before the opening is not.
+        if let Some(cause) = failure.filter(|_| trial || matches!(current, State::Closed { .. })) {
+            inner.failures = match current {
+                State::Closed { failures } => failures + 1,
+                _ => inner.failures + 1,
+            };
+            inner.last = cause;
+        }
+        let state = &mut inner.state;
+        match (current, ok) {
             // A call let through before the breaker opened, finishing late: it neither
             // settles the trial nor counts again.
             (State::HalfOpen, _) | (State::Open { .. }, _) if !trial => {}
-            (State::Closed { .. }, true) => self.set(&mut state, State::Closed { failures: 0 }),
+            (State::Closed { .. }, true) => self.set(state, State::Closed { failures: 0 }),
             (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
                 self.set(
-                    &mut state,
+                    state,
                     State::Open {
                         until: Instant::now() + self.cooldown,
                     },
@@ -128,18 +185,18 @@ impl Breaker {
                 log::warn!(target: "service_b", "circuit opened: {} failed calls in a row to Service A; failing fast for {}ms", failures + 1, self.cooldown.as_millis());
             }
             (State::Closed { failures }, false) => self.set(
-                &mut state,
+                state,
                 State::Closed {
                     failures: failures + 1,
                 },
             ),
             (State::HalfOpen, true) => {
-                self.set(&mut state, State::Closed { failures: 0 });
+                self.set(state, State::Closed { failures: 0 });
                 log::warn!(target: "service_b", "circuit closed: the trial call to Service A succeeded");
             }
             (State::HalfOpen, false) => {
                 self.set(
-                    &mut state,
+                    state,
                     State::Open {
                         until: Instant::now() + self.cooldown,
                     },
@@ -157,12 +214,14 @@ impl Breaker {
         if self.threshold == 0 {
             return None;
         }
-        match *self.lock() {
+        let inner = self.lock();
+        match inner.state {
             State::Closed { .. } => None,
             State::Open { until } => until.checked_duration_since(Instant::now()).map(|left| {
                 format!(
-                    "circuit open: Service A failed {} calls in a row; next trial in {}ms",
-                    self.threshold,
+                    "circuit open: Service A failed {} calls in a row (last: {}); next trial in {}ms",
+                    inner.failures,
+                    inner.last,
                     left.as_millis()
                 )
             }),
@@ -186,7 +245,9 @@ mod tests {
     }
 
     fn fail(b: &Breaker) {
-        b.permit().expect("permitted").record(false);
+        b.permit()
+            .expect("permitted")
+            .record(Some("Connection error: refused".to_string()));
     }
 
     #[test]
@@ -194,13 +255,17 @@ mod tests {
         let b = breaker(3, 60_000);
         fail(&b);
         fail(&b);
-        b.permit().expect("permitted").record(true); // resets the count
+        b.permit().expect("permitted").record(None); // resets the count
         fail(&b);
         fail(&b);
         assert!(b.not_ready().is_none());
         fail(&b);
-        let left = b.permit().expect_err("open");
-        assert!(left > Duration::from_secs(59), "{left:?}");
+        let open = b.permit().expect_err("open");
+        assert!(open.left > Duration::from_secs(59), "{open:?}");
+        assert_eq!((open.failures, open.last.as_str()), (3, "Connection error: refused"));
+        let details = open.to_string();
+        let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
+        assert!(details.starts_with(want), "{details}");
         assert!(b.not_ready().is_some_and(|r| r.starts_with("circuit open")));
         assert_eq!(b.gauge.get(), 1);
     }
@@ -217,10 +282,10 @@ mod tests {
         assert_eq!(b.gauge.get(), 2);
         assert!(b.permit().is_err(), "only one trial at a time");
         assert!(b.not_ready().is_some_and(|r| r.contains("half-open")));
-        trial.record(false);
+        trial.record(Some("x".to_string()));
         assert_eq!(b.gauge.get(), 1);
         let trial = b.permit().expect("second trial");
-        trial.record(true);
+        trial.record(None);
         assert_eq!(b.gauge.get(), 0);
         assert!(b.permit().is_ok());
     }
@@ -231,9 +296,9 @@ mod tests {
         let late = b.permit().expect("while closed");
         fail(&b); // opens; cooldown 0
         let trial = b.permit().expect("trial");
-        late.record(false); // a call from before, finishing now: ignored
+        late.record(Some("late".to_string())); // a call from before, finishing now: ignored
         assert_eq!(b.gauge.get(), 2, "still half-open");
-        trial.record(true);
+        trial.record(None);
         assert_eq!(b.gauge.get(), 0);
     }
 

@@ -31,8 +31,8 @@ pub enum CallError {
     BadResponse(String),
     /// B already has as many calls to A in flight as it allows (the bulkhead); A not called.
     Overloaded(usize),
-    /// The circuit breaker is open; A not called. Carries the time until the next trial.
-    CircuitOpen(Duration),
+    /// The circuit breaker is open; A not called. Says how it opened and when it may close.
+    CircuitOpen(crate::breaker::Open),
 }
 
 impl CallError {
@@ -52,7 +52,9 @@ impl CallError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             CallError::Overloaded(_) => Some(1),
-            CallError::CircuitOpen(left) => Some(left.as_millis().div_ceil(1000).max(1) as u64),
+            CallError::CircuitOpen(open) => {
+                Some(open.left.as_millis().div_ceil(1000).max(1) as u64)
+            }
             _ => None,
         }
     }
@@ -73,11 +75,7 @@ impl fmt::Display for CallError {
                     "Too many calls to Service A in flight (limit {limit}); try again later"
                 )
             }
-            CallError::CircuitOpen(left) => write!(
-                f,
-                "Circuit open after repeated failures of Service A; next try in {}s",
-                seconds(*left)
-            ),
+            CallError::CircuitOpen(open) => write!(f, "{open}"),
         }
     }
 }
@@ -315,15 +313,23 @@ mod tests {
         }
     }
 
+    fn open(ms: u64) -> crate::breaker::Open {
+        crate::breaker::Open {
+            left: Duration::from_millis(ms),
+            failures: 5,
+            last: "Connection error: refused".to_string(),
+        }
+    }
+
     #[test]
     fn retry_after_is_whole_seconds() {
         assert_eq!(CallError::Overloaded(1).retry_after(), Some(1));
         assert_eq!(
-            CallError::CircuitOpen(Duration::from_millis(1500)).retry_after(),
+            CallError::CircuitOpen(open(1500)).retry_after(),
             Some(2)
         );
         assert_eq!(
-            CallError::CircuitOpen(Duration::from_millis(10)).retry_after(),
+            CallError::CircuitOpen(open(10)).retry_after(),
             Some(1)
         );
         assert_eq!(CallError::Status(500).retry_after(), None);

@@ -277,11 +277,11 @@ impl ServiceB {
             .duration
             .observe(started.elapsed().as_secs_f64());
         // A 4xx from A means B asked wrongly, not that A is failing: not a breaker failure.
-        let a_failed = match &result {
-            Ok(_) | Err(CallError::Status(400..=499)) => false,
-            Err(_) => true,
+        let failure = match &result {
+            Ok(_) | Err(CallError::Status(400..=499)) => None,
+            Err(e) => Some(e.to_string()),
         };
-        permit.record(!a_failed);
+        permit.record(failure);
         result
     }
 }

@@ -92,6 +92,10 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     assert!(started.elapsed() < Duration::from_millis(200));
     assert_eq!(open.status, 503);
     assert_eq!(open.json()["kind"], "circuit_open");
+    // The details keep the cause of the failures that opened it.
+    let details = open.json()["details"].as_str().unwrap_or("").to_string();
+    let cause = "Circuit open after 3 failures; last: Service A returned HTTP 500; next try in ";
+    assert!(details.starts_with(cause), "{details}");
     assert_eq!(open.header("Retry-After"), Some("1"));
     assert_eq!(
         fake.requests().len(),

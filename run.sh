@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh: build both services once (release), start them side by side in this terminal,
+# run.sh: build both services (the debug profile, as `cargo run` and `cargo test` do, so
+# nothing is compiled twice), start them side by side in this terminal,
 # wait until each answers /health, show a few requests to try, then stream both logs.
 # Ctrl-C (or SIGTERM) stops both services and waits for them to exit.
 #
@@ -11,10 +12,12 @@
 #   RUN_READY_TIMEOUT  seconds to wait for each service to become ready (default 20)
 #   SERVICE_A_LOG_LEVEL, SERVICE_B_LOG_LEVEL  debug or trace are kept; anything quieter
 #                      becomes info (run.sh shows the logs and reads the bound port there)
-#   Every other SERVICE_* variable (SERVICE_A_DELAY_MS, SERVICE_B_TIMEOUT_MS, *_WORKERS, ...)
-#   is read by the services themselves.
+#   KEEP_LOG_DIR       set: keep the log directory after the stop
+#   Every other SERVICE_* variable (SERVICE_A_DELAY_MS, SERVICE_B_TIMEOUT_MS, ...) is read
+#   by the services themselves.
 #
-# Logs also go to files in a fresh directory under ${TMPDIR:-/tmp}, printed at start and end.
+# Logs also go to files in a fresh directory under ${TMPDIR:-/tmp}, named at start; it is
+# removed when run.sh ends (KEEP_LOG_DIR=1 keeps it).
 # If one service exits on its own (say you `kill` A to watch B answer 503), the other keeps
 # running; run.sh ends when both are gone.
 
@@ -55,12 +58,12 @@ if [[ -n ${ECHO_BIN_DIR:-} ]]; then
     A_BIN=$ECHO_BIN_DIR/service_a
     B_BIN=$ECHO_BIN_DIR/service_b
 else
-    echo "run.sh: building service_a and service_b (release)..."
-    (cd "$ROOT" && cargo build --release -p service_a -p service_b) || die "the build failed"
+    echo "run.sh: building service_a and service_b..."
+    (cd "$ROOT" && cargo build -p service_a -p service_b) || die "the build failed"
     target=${CARGO_TARGET_DIR:-target}
     [[ $target == /* ]] || target=$ROOT/$target
-    A_BIN=$target/release/service_a
-    B_BIN=$target/release/service_b
+    A_BIN=$target/debug/service_a
+    B_BIN=$target/debug/service_b
 fi
 for bin in "$A_BIN" "$B_BIN"; do
     [[ -x $bin ]] || die "no executable at $bin"
@@ -129,7 +132,12 @@ shutdown() {
         kill -TERM "$TAIL_PID" 2>/dev/null
         wait "$TAIL_PID" 2>/dev/null
     fi
-    echo "run.sh: stopped (logs: $LOG_DIR)"
+    if [[ -n ${KEEP_LOG_DIR:-} ]]; then
+        echo "run.sh: stopped (logs kept in $LOG_DIR)"
+    else
+        rm -rf "$LOG_DIR"
+        echo "run.sh: stopped (log directory $LOG_DIR removed; KEEP_LOG_DIR=1 keeps it)"
+    fi
     exit "$rc"
 }
 trap 'shutdown 0' INT TERM
@@ -210,7 +218,8 @@ try "curl -i '$B_URL/call-echo?msg=hello'" "...answers 503, kind \"connect\""
 try "SERVICE_A_DELAY_MS=3000 ./run.sh" "a slow A: 503, kind \"timeout\", after 2 s"
 cat <<EOF
 
-Logs follow (also in $LOG_DIR). Ctrl-C stops both.
+Logs follow, also written to $A_LOG and $B_LOG
+(removed at the stop unless KEEP_LOG_DIR=1). Ctrl-C stops both.
 
 EOF
 

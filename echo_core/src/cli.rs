@@ -1,7 +1,8 @@
 //! The process entry point both `main.rs` files call: parse flags, start, wait for SIGTERM
 //! or SIGINT, stop gracefully. Errors are one line on stderr and a non-zero exit.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,6 +82,43 @@ fn raise_open_file_limit(name: &str) {
         Ok(limit) => log::debug!(target: name, "open-file limit: {limit}"),
         Err(e) => log::debug!(target: name, "cannot raise the open-file limit: {e}"),
     }
+}
+
+/// The container health check (`--check`): GETs `/health` of the service listening on
+/// `listen` (an unspecified address such as `0.0.0.0` means loopback) and exits 0 on a 200,
+/// else 1 with one line on stderr. It needs no shell and no curl in the image.
+pub fn check(name: &str, listen: &str) -> ExitCode {
+    match health_status(listen) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => fail(name, &format!("health check: /health answered {status}")),
+        Err(e) => fail(name, &format!("health check: {e}")),
+    }
+}
+
+fn health_status(listen: &str) -> io::Result<u16> {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let mut addr: SocketAddr = listen
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    if addr.ip().is_unspecified() {
+        let loopback = match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    let mut stream = TcpStream::connect_timeout(&addr, LIMIT)?;
+    stream.set_read_timeout(Some(LIMIT))?;
+    stream.set_write_timeout(Some(LIMIT))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    // "HTTP/1.1 200"
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
 }
 
 fn fail(name: &str, message: &str) -> ExitCode {

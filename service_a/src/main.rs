@@ -36,6 +36,10 @@ struct Cli {
     /// at most 10000].
     #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the
+    /// container health check, with no shell or curl needed.
+    #[arg(long)]
+    check: bool,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
     log_level: LevelFilter,
@@ -50,6 +54,9 @@ fn rate(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli: Cli = echo_core::cli::parse("service_a");
+    if cli.check {
+        return echo_core::cli::check("service_a", &cli.listen);
+    }
     let config = Config {
         listen: cli.listen,
         delay_ms: cli.delay_ms,

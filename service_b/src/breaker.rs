@@ -262,7 +262,10 @@ mod tests {
         fail(&b);
         let open = b.permit().expect_err("open");
         assert!(open.left > Duration::from_secs(59), "{open:?}");
-        assert_eq!((open.failures, open.last.as_str()), (3, "Connection error: refused"));
+        assert_eq!(
+            (open.failures, open.last.as_str()),
+            (3, "Connection error: refused")
+        );
         let details = open.to_string();
         let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
         assert!(details.starts_with(want), "{details}");

@@ -324,14 +324,8 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds() {
         assert_eq!(CallError::Overloaded(1).retry_after(), Some(1));
-        assert_eq!(
-            CallError::CircuitOpen(open(1500)).retry_after(),
-            Some(2)
-        );
-        assert_eq!(
-            CallError::CircuitOpen(open(10)).retry_after(),
-            Some(1)
-        );
+        assert_eq!(CallError::CircuitOpen(open(1500)).retry_after(), Some(2));
+        assert_eq!(CallError::CircuitOpen(open(10)).retry_after(), Some(1));
         assert_eq!(CallError::Status(500).retry_after(), None);
     }
 

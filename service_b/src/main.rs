@@ -39,6 +39,10 @@ struct Cli {
     /// 64) / 2, at most 10000].
     #[arg(long, env = "SERVICE_B_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the
+    /// container health check, with no shell or curl needed.
+    #[arg(long)]
+    check: bool,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_B_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
     log_level: LevelFilter,
@@ -46,6 +50,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli: Cli = echo_core::cli::parse("service_b");
+    if cli.check {
+        return echo_core::cli::check("service_b", &cli.listen);
+    }
     let config = Config {
         listen: cli.listen,
         service_a_url: cli.service_a_url,

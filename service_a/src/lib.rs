@@ -1,4 +1,5 @@
-//! Service A: `GET /health` and `GET /echo?msg=M` → `{"echo":"M"}`, plus `GET /metrics`.
+//! Service A: `GET /health` and `GET /echo?msg=M` → `{"echo":"M"}`, plus `GET /ready`
+//! (an orchestrator's readiness probe: A is ready whenever it serves) and `GET /metrics`.
 //!
 //! Faults can be injected into `/echo` (never `/health` or `/metrics`) for demos and tests:
 //! `--delay-ms` slows every call (the timeout demo), `--fail-rate` fails a reproducible
@@ -126,6 +127,7 @@ impl ServiceA {
             req,
             &[
                 ("/health", |_, _| echo_core::http::health()),
+                ("/ready", |_, _| Response::json(200, &json!({ "status": "ready" }))),
                 ("/echo", Self::echo),
                 ("/metrics", |s, _| s.metrics.render()),
             ],
@@ -211,9 +213,11 @@ mod tests {
     }
 
     #[test]
-    fn health_is_ok() {
+    fn health_and_ready_are_ok() {
         let r = answer("/health");
         assert_eq!((r.status, r.json_body()), (200, json!({"status": "ok"})));
+        let r = answer("/ready");
+        assert_eq!((r.status, r.json_body()), (200, json!({"status": "ready"})));
     }
 
     #[test]

@@ -127,7 +127,9 @@ impl ServiceA {
             req,
             &[
                 ("/health", |_, _| echo_core::http::health()),
-                ("/ready", |_, _| Response::json(200, &json!({ "status": "ready" }))),
+                ("/ready", |_, _| {
+                    Response::json(200, &json!({ "status": "ready" }))
+                }),
                 ("/echo", Self::echo),
                 ("/metrics", |s, _| s.metrics.render()),
             ],

@@ -33,6 +33,8 @@ impl State {
 /// A circuit breaker; `threshold` 0 switches it off.
 #[derive(Debug)]
 pub struct Breaker {
+    /// Who it guards, for its log lines (`replica 10.0.0.2:8080`).
+    name: String,
     threshold: u32,
     cooldown: Duration,
     state: Mutex<Inner>,
@@ -100,8 +102,9 @@ impl Drop for Permit<'_> {
 
 impl Breaker {
     /// `gauge` shows the state: 0 closed, 1 open, 2 half-open.
-    pub fn new(threshold: u32, cooldown: Duration, gauge: Gauge) -> Breaker {
+    pub fn new(name: &str, threshold: u32, cooldown: Duration, gauge: Gauge) -> Breaker {
         Breaker {
+            name: name.to_string(),
             threshold,
             cooldown,
             state: Mutex::new(Inner {
@@ -139,7 +142,7 @@ impl Breaker {
                     _ => {
                         trial = true;
                         self.set(&mut inner.state, State::HalfOpen);
-                        log::warn!(target: "service_b", "circuit half-open: letting one trial call through to Service A");
+                        log::warn!(target: "service_b", "{} half-open: letting one trial call through", self.name);
                     }
                 },
                 State::HalfOpen => {
@@ -182,7 +185,7 @@ impl Breaker {
                         until: Instant::now() + self.cooldown,
                     },
                 );
-                log::warn!(target: "service_b", "circuit opened: {} failed calls in a row to Service A; failing fast for {}ms", failures + 1, self.cooldown.as_millis());
+                log::warn!(target: "service_b", "{} ejected: {} failed calls in a row; trial call in {}ms", self.name, failures + 1, self.cooldown.as_millis());
             }
             (State::Closed { failures }, false) => self.set(
                 state,
@@ -192,7 +195,7 @@ impl Breaker {
             ),
             (State::HalfOpen, true) => {
                 self.set(state, State::Closed { failures: 0 });
-                log::warn!(target: "service_b", "circuit closed: the trial call to Service A succeeded");
+                log::warn!(target: "service_b", "{} readmitted: the trial call succeeded", self.name);
             }
             (State::HalfOpen, false) => {
                 self.set(
@@ -201,34 +204,35 @@ impl Breaker {
                         until: Instant::now() + self.cooldown,
                     },
                 );
-                log::warn!(target: "service_b", "circuit opened again: the trial call to Service A failed; failing fast for {}ms", self.cooldown.as_millis());
+                log::warn!(target: "service_b", "{} ejected again: the trial call failed; next trial in {}ms", self.name, self.cooldown.as_millis());
             }
             (State::Open { .. }, _) => {}
         }
     }
 
-    /// `None` when B should get traffic: closed, or open with its cooldown over (the next
-    /// call is the trial, so reporting "not ready" then would keep traffic, and the trial,
-    /// away for good). Otherwise the reason.
-    pub fn not_ready(&self) -> Option<String> {
+    /// Whether a call may go through now: closed, or open with its cooldown over (the next
+    /// call is the trial). Changes nothing.
+    pub fn available(&self) -> bool {
+        self.ejected().is_none()
+    }
+
+    /// `None` while [`Breaker::available`]; else why and for how long not (a half-open
+    /// breaker, its trial in flight, counts as open for its cooldown, at most 1 s).
+    pub fn ejected(&self) -> Option<Open> {
         if self.threshold == 0 {
             return None;
         }
         let inner = self.lock();
-        match inner.state {
-            State::Closed { .. } => None,
-            State::Open { until } => until.checked_duration_since(Instant::now()).map(|left| {
-                format!(
-                    "circuit open: Service A failed {} calls in a row (last: {}); next trial in {}ms",
-                    inner.failures,
-                    inner.last,
-                    left.as_millis()
-                )
-            }),
-            State::HalfOpen => {
-                Some("circuit half-open: a trial call to Service A is in flight".to_string())
-            }
-        }
+        let left = match inner.state {
+            State::Closed { .. } => return None,
+            State::Open { until } => until.checked_duration_since(Instant::now())?,
+            State::HalfOpen => self.cooldown.min(Duration::from_secs(1)),
+        };
+        Some(Open {
+            left,
+            failures: inner.failures,
+            last: inner.last.clone(),
+        })
     }
 }
 
@@ -238,6 +242,7 @@ mod tests {
 
     fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
         Breaker::new(
+            "test",
             threshold,
             Duration::from_millis(cooldown_ms),
             Gauge::default(),
@@ -258,7 +263,7 @@ mod tests {
         b.permit().expect("permitted").record(None); // resets the count
         fail(&b);
         fail(&b);
-        assert!(b.not_ready().is_none());
+        assert!(b.available());
         fail(&b);
         let open = b.permit().expect_err("open");
         assert!(open.left > Duration::from_secs(59), "{open:?}");
@@ -269,7 +274,7 @@ mod tests {
         let details = open.to_string();
         let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
         assert!(details.starts_with(want), "{details}");
-        assert!(b.not_ready().is_some_and(|r| r.starts_with("circuit open")));
+        assert!(b.ejected().is_some_and(|o| o.failures == 3));
         assert_eq!(b.gauge.get(), 1);
     }
 
@@ -277,14 +282,11 @@ mod tests {
     fn one_trial_after_the_cooldown_closes_or_reopens() {
         let b = breaker(1, 0);
         fail(&b); // open, cooldown 0: the next permit is the trial
-        assert!(
-            b.not_ready().is_none(),
-            "cooldown over: ready for the trial"
-        );
+        assert!(b.available(), "cooldown over: ready for the trial");
         let trial = b.permit().expect("trial");
         assert_eq!(b.gauge.get(), 2);
         assert!(b.permit().is_err(), "only one trial at a time");
-        assert!(b.not_ready().is_some_and(|r| r.contains("half-open")));
+        assert!(!b.available(), "half-open: its trial is in flight");
         trial.record(Some("x".to_string()));
         assert_eq!(b.gauge.get(), 1);
         let trial = b.permit().expect("second trial");
@@ -320,6 +322,6 @@ mod tests {
             fail(&b);
         }
         assert!(b.permit().is_ok());
-        assert!(b.not_ready().is_none());
+        assert!(b.available());
     }
 }

@@ -1,9 +1,10 @@
-//! The call from B to A: one `ureq::Agent`, one deadline over connect, send and receive, and
-//! one error enum so that every way the call can fail maps to exactly one 503 `kind`.
+//! One attempt of a call from B to a replica of A over `ureq`, within the call's one deadline
+//! over connect, send and receive, and one error enum so that every way the call can fail
+//! maps to exactly one 503 `kind`.
 
 use std::fmt;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use echo_core::http::form_encode;
 use serde_json::Value;
@@ -82,6 +83,17 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
+impl From<crate::replicas::NoReplica> for CallError {
+    fn from(none: crate::replicas::NoReplica) -> CallError {
+        match none {
+            crate::replicas::NoReplica::AllEjected(open) => CallError::CircuitOpen(open),
+            crate::replicas::NoReplica::Unresolved(cause) => {
+                CallError::Connect(format!("no address of Service A is known ({cause})"))
+            }
+        }
+    }
+}
+
 /// `2000 ms` → `2.0`, `250 ms` → `0.25`: as many decimals as the value needs, at least one.
 fn seconds(d: Duration) -> String {
     let ms = d.as_millis();
@@ -124,33 +136,60 @@ impl Resolver for AddressFirst {
     }
 }
 
-/// How one attempt failed: `Stale` is an I/O failure before any byte of the answer, which on
-/// a pooled connection means A closed it meanwhile (restarted); worth one more try.
-enum Attempt {
-    Stale(String),
+/// How one attempt failed. `Retry`: before any byte of the answer arrived (refused, reset,
+/// unreachable, a slow connect, a stale pooled connection, a replica silent for its share
+/// of the deadline), so the call may go to another replica; `Failed`: final.
+#[derive(Debug)]
+pub enum Attempt {
+    Retry(CallError),
     Failed(CallError),
 }
 
-/// The client for Service A's `/echo`.
+impl Attempt {
+    /// The error, whichever way the attempt failed.
+    pub fn into_error(self) -> CallError {
+        match self {
+            Attempt::Retry(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
+/// Which connections and limits an attempt uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Try {
+    /// The first try when no other replica could take the call: pooled connections, the
+    /// whole deadline for every phase.
+    Alone,
+    /// The first try with other replicas in rotation: pooled connections, at most
+    /// `--connect-timeout-ms` to connect and half the deadline until the answer's head.
+    Among,
+    /// The retry: a fresh connection and what is left of the deadline.
+    Retry(Duration),
+}
+
+/// The client for Service A's `/echo`: one attempt at a time, on a replica's base URL.
 #[derive(Debug)]
 pub struct EchoClient {
-    base: String,
     timeout: Duration,
-    pooled: Agent,
+    connect_timeout: Duration,
+    alone: Agent,
+    among: Agent,
     fresh: Agent,
 }
 
 impl EchoClient {
-    /// `base` is A's URL (`http://host:port`, maybe with a path prefix); `idle` is how many idle
-    /// connections to keep, at least B's worker count so that calls reuse them.
-    pub fn new(base: &str, timeout: Duration, idle: usize) -> EchoClient {
-        let agent = |idle: usize| -> Agent {
+    /// `timeout` is the deadline of a call; `idle` how many idle connections to keep per
+    /// replica, at least the calls in flight allowed, so that calls reuse them.
+    pub fn new(timeout: Duration, connect_timeout: Duration, idle: usize) -> EchoClient {
+        let agent = |idle: usize, connect: Option<Duration>, head: Option<Duration>| {
             let config = Agent::config_builder()
                 .timeout_global(Some(timeout))
+                .timeout_connect(connect)
+                .timeout_recv_response(head)
                 .http_status_as_error(false)
                 .proxy(None)
                 .max_redirects(0)
-                .max_idle_connections(idle)
+                .max_idle_connections(idle.saturating_mul(4))
                 .max_idle_connections_per_host(idle)
                 // Well under the services' idle timeout (echo_core::server::IDLE_TIMEOUT), so a
                 // pooled connection is never reused just as A closes it.
@@ -159,23 +198,18 @@ impl EchoClient {
             Agent::with_parts(config, DefaultConnector::new(), AddressFirst::default())
         };
         EchoClient {
-            base: base.trim_end_matches('/').to_string(),
             timeout,
-            pooled: agent(idle),
-            fresh: agent(0),
+            connect_timeout,
+            alone: agent(idle, None, None),
+            among: agent(idle, Some(connect_timeout.min(timeout)), Some(timeout / 2)),
+            fresh: agent(0, None, None),
         }
     }
 
-    /// A's URL for `msg`, form-encoded so that any string comes back byte-exact.
-    pub fn url(&self, msg: &str) -> String {
-        format!("{}/echo?msg={}", self.base, form_encode(msg))
-    }
-
-    /// The length of the request target (path and query) A receives for `msg`.
-    pub fn target_len(&self, msg: &str) -> usize {
-        let url = self.url(msg);
-        let after_scheme = url.trim_start_matches("http://");
-        after_scheme.len() - after_scheme.find('/').unwrap_or(after_scheme.len())
+    /// The path and query of A's `/echo` for `msg`, form-encoded so that any string comes
+    /// back byte-exact.
+    pub fn path(msg: &str) -> String {
+        format!("/echo?msg={}", form_encode(msg))
     }
 
     /// The deadline every call gets.
@@ -183,45 +217,19 @@ impl EchoClient {
         self.timeout
     }
 
-    /// Calls A's `/echo` within one deadline and returns A's JSON object. A call that fails
-    /// on a reused connection before any byte of the answer is retried once on a fresh
-    /// connection, inside the same deadline.
-    pub fn echo(&self, msg: &str, request_id: &str) -> Result<Value, CallError> {
-        let started = Instant::now();
-        let url = self.url(msg);
-        match self.attempt(&self.pooled, &url, request_id, self.timeout) {
-            Ok(value) => Ok(value),
-            Err(Attempt::Failed(e)) => Err(e),
-            Err(Attempt::Stale(first)) => {
-                let left = self.timeout.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    return Err(CallError::Timeout(self.timeout));
-                }
-                log::debug!(target: "service_b", "retrying on a fresh connection after: {first}");
-                match self.attempt(&self.fresh, &url, request_id, left) {
-                    Ok(value) => Ok(value),
-                    Err(Attempt::Failed(CallError::Timeout(_))) => {
-                        Err(CallError::Timeout(self.timeout))
-                    }
-                    Err(Attempt::Failed(e)) => Err(e),
-                    Err(Attempt::Stale(cause)) => Err(CallError::Connect(cause)),
-                }
-            }
-        }
-    }
-
-    fn attempt(
-        &self,
-        agent: &Agent,
-        url: &str,
-        request_id: &str,
-        budget: Duration,
-    ) -> Result<Value, Attempt> {
-        let mut response = agent
-            .get(url)
-            .config()
-            .timeout_global(Some(budget))
-            .build()
+    /// One attempt: GET `base` + `path` and return A's JSON object.
+    pub fn attempt(&self, how: Try, url: &str, request_id: &str) -> Result<Value, Attempt> {
+        let request = match how {
+            Try::Alone => self.alone.get(url),
+            Try::Among => self.among.get(url),
+            Try::Retry(left) => self
+                .fresh
+                .get(url)
+                .config()
+                .timeout_global(Some(left))
+                .build(),
+        };
+        let mut response = request
             .header("X-Request-Id", request_id)
             .header("Accept", "application/json")
             .call()
@@ -243,22 +251,27 @@ impl EchoClient {
         parse_echo(&body).map_err(Attempt::Failed)
     }
 
+    /// Sorts a failure before the answer's head into retryable or final.
     fn classify_call(&self, e: ureq::Error) -> Attempt {
         use io::ErrorKind::*;
+        let connect = |cause: String| Attempt::Retry(CallError::Connect(cause));
         match e {
+            ureq::Error::Timeout(ureq::Timeout::Connect) => connect(format!(
+                "connect took longer than {}ms",
+                self.connect_timeout.as_millis()
+            )),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => {
+                Attempt::Retry(CallError::Timeout(self.timeout))
+            }
             ureq::Error::Timeout(_) => Attempt::Failed(CallError::Timeout(self.timeout)),
             ureq::Error::Io(io) => match io.kind() {
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
-                    Attempt::Stale(io.to_string())
-                }
+                ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe
+                | UnexpectedEof | NotConnected | HostUnreachable | NetworkUnreachable
+                | AddrNotAvailable => connect(io.to_string()),
                 _ => Attempt::Failed(CallError::Connect(io.to_string())),
             },
-            ureq::Error::HostNotFound => {
-                Attempt::Failed(CallError::Connect("host not found".to_string()))
-            }
-            ureq::Error::ConnectionFailed => {
-                Attempt::Failed(CallError::Connect("connection failed".to_string()))
-            }
+            ureq::Error::HostNotFound => connect("host not found".to_string()),
+            ureq::Error::ConnectionFailed => connect("connection failed".to_string()),
             ureq::Error::Protocol(p) => {
                 Attempt::Failed(CallError::BadResponse(format!("not HTTP: {p}")))
             }
@@ -381,11 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn url_form_encodes_the_message() {
-        let c = EchoClient::new("http://127.0.0.1:1/", Duration::from_secs(1), 1);
-        assert_eq!(
-            c.url("a b&c=d#"),
-            "http://127.0.0.1:1/echo?msg=a+b%26c%3Dd%23"
-        );
+    fn the_path_form_encodes_the_message() {
+        assert_eq!(EchoClient::path("a b&c=d#"), "/echo?msg=a+b%26c%3Dd%23");
     }
 }

@@ -23,9 +23,11 @@ use serde_json::{json, Value};
 
 pub mod breaker;
 pub mod client;
+pub mod replicas;
 
-pub use breaker::Breaker;
-pub use client::{CallError, EchoClient};
+pub use breaker::{Breaker, Open, Permit};
+pub use client::{Attempt, CallError, EchoClient, Try};
+pub use replicas::{NoReplica, Replica, ReplicaLabel, Replicas, Resolve, Target};
 
 /// Service B's settings. [`Config::default`] is the documented default of every flag;
 /// tests build it directly, and only `main.rs` knows the command line.
@@ -33,17 +35,24 @@ pub use client::{CallError, EchoClient};
 pub struct Config {
     /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8081`.
     pub listen: String,
-    /// Base URL of Service A (`http://` only; see [`parse_service_a_url`]).
-    /// Default `http://127.0.0.1:8080`.
-    pub service_a_url: String,
+    /// Base URLs of Service A (`http://` only; see [`parse_service_a_url`]). Every address
+    /// of every URL is a replica. Default `["http://127.0.0.1:8080"]`.
+    pub service_a_urls: Vec<String>,
     /// Deadline of each call to A, covering connect, send and receive. Default 2000.
     pub timeout_ms: u64,
+    /// With other replicas in rotation, a connect slower than this moves the call on to
+    /// another replica. Default 250.
+    pub connect_timeout_ms: u64,
+    /// How often host names in `service_a_urls` are resolved again, in the background.
+    /// Default 5000.
+    pub resolve_every_ms: u64,
     /// Calls to A in flight at most; more get 503 `overloaded` at once (the bulkhead), so a
     /// hanging A cannot take every thread and descriptor. Default 64.
     pub max_inflight: usize,
-    /// Failed calls in a row that open the circuit breaker (0 turns it off). Default 5.
+    /// Failed calls in a row that eject a replica (open its breaker; 0 turns it off).
+    /// Default 5.
     pub breaker_threshold: u32,
-    /// How long an open breaker fails calls at once before one trial call. Default 2000.
+    /// How long an ejected replica gets no calls before one trial call. Default 2000.
     pub breaker_cooldown_ms: u64,
     /// Open connections at most, beyond which a new one gets 503. Default: what the
     /// open-file limit allows at two descriptors a connection (one to the client, one to A;
@@ -57,8 +66,10 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "127.0.0.1:8081".to_string(),
-            service_a_url: "http://127.0.0.1:8080".to_string(),
+            service_a_urls: vec!["http://127.0.0.1:8080".to_string()],
             timeout_ms: 2000,
+            connect_timeout_ms: 250,
+            resolve_every_ms: 5000,
             max_inflight: 64,
             breaker_threshold: 5,
             breaker_cooldown_ms: 2000,
@@ -73,7 +84,7 @@ impl Config {
     pub fn on(listen: &str, service_a_url: &str) -> Config {
         Config {
             listen: listen.to_string(),
-            service_a_url: service_a_url.to_string(),
+            service_a_urls: vec![service_a_url.to_string()],
             ..Config::default()
         }
     }
@@ -91,9 +102,11 @@ pub fn parse_service_a_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
-/// Labels of `upstream_requests_total`.
+/// Labels of `upstream_requests_total`: the replica that gave the final answer (`none` for a
+/// call never made) and the outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
+    replica: String,
     outcome: &'static str,
 }
 
@@ -101,6 +114,7 @@ struct Outcome {
 #[derive(Debug)]
 struct Upstream {
     outcomes: Family<Outcome, Counter>,
+    retries: Counter,
     duration: Histogram,
     in_flight: Gauge,
 }
@@ -135,32 +149,55 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// The service itself: the handlers, the client for A and what guards the calls.
+/// How a call to A ended, and on which replica (`None` when it was never made).
+struct Call {
+    result: Result<Value, CallError>,
+    replica: Option<Arc<Replica>>,
+}
+
+/// The service itself: the handlers, the replicas of A and what guards the calls.
 #[derive(Debug)]
 pub struct ServiceB {
     client: EchoClient,
+    replicas: Arc<Replicas>,
+    /// The first `--service-a-url`, named in the log of a call never made.
+    first_url: String,
+    /// The longest path prefix of any `--service-a-url`, for the target length check.
+    longest_prefix: usize,
     bulkhead: Bulkhead,
-    breaker: Breaker,
     upstream: Upstream,
     metrics: Arc<Metrics>,
 }
 
 impl ServiceB {
-    /// Builds the service with its own metrics (see [`ServiceB::metrics_handle`]).
+    /// Builds the service with its own metrics (see [`ServiceB::metrics_handle`]) and
+    /// resolves A's names once with the system's resolver; [`spawn`] starts their
+    /// background re-resolution.
     pub fn new(config: &Config) -> ServiceB {
+        ServiceB::with_resolver(config, replicas::system_resolver())
+    }
+
+    /// Like [`ServiceB::new`], resolving A's host names with `resolve`.
+    pub fn with_resolver(config: &Config, resolve: Resolve) -> ServiceB {
         let mut metrics = Metrics::new();
         let timeout = Duration::from_millis(config.timeout_ms);
         let upstream = Upstream {
             outcomes: Family::default(),
+            retries: Counter::default(),
             duration: latency_histogram(),
             in_flight: Gauge::default(),
         };
-        let breaker_state = Gauge::default();
+        let breaker_states = Family::<ReplicaLabel, Gauge>::default();
         let registry = metrics.registry();
         registry.register(
             "upstream_requests",
-            "Calls to Service A by outcome: ok, or the 503 kind",
+            "Calls to Service A by the replica that answered last and outcome: ok, or the 503 kind",
             upstream.outcomes.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Calls to Service A retried once, on another replica when there is one",
+            upstream.retries.clone(),
         );
         registry.register(
             "upstream_request_duration_seconds",
@@ -174,21 +211,42 @@ impl ServiceB {
         );
         registry.register(
             "circuit_breaker_state",
-            "The breaker in front of Service A: 0 closed, 1 open, 2 half-open",
-            breaker_state.clone(),
+            "The breaker of each replica of Service A: 0 closed, 1 open (ejected), 2 half-open",
+            breaker_states.clone(),
         );
+        // Config URLs were checked by parse_service_a_url; one that still fails is skipped.
+        let targets: Vec<Target> = config
+            .service_a_urls
+            .iter()
+            .filter_map(|url| {
+                Target::parse(url)
+                    .map_err(|e| log::error!(target: "service_b", "{e}"))
+                    .ok()
+            })
+            .collect();
+        let longest_prefix = targets.iter().map(Target::prefix_len).max().unwrap_or(0);
+        let replicas = Replicas::new(
+            targets,
+            resolve,
+            config.breaker_threshold,
+            Duration::from_millis(config.breaker_cooldown_ms),
+            breaker_states,
+        );
+        let max_inflight = config.max_inflight.max(1);
         ServiceB {
-            client: EchoClient::new(&config.service_a_url, timeout, config.max_inflight),
+            client: EchoClient::new(
+                timeout,
+                Duration::from_millis(config.connect_timeout_ms),
+                max_inflight,
+            ),
+            replicas: Arc::new(replicas),
+            first_url: config.service_a_urls.first().cloned().unwrap_or_default(),
+            longest_prefix,
             bulkhead: Bulkhead {
-                limit: config.max_inflight.max(1),
+                limit: max_inflight,
                 used: AtomicUsize::new(0),
                 gauge: upstream.in_flight.clone(),
             },
-            breaker: Breaker::new(
-                config.breaker_threshold,
-                Duration::from_millis(config.breaker_cooldown_ms),
-                breaker_state,
-            ),
             upstream,
             metrics: Arc::new(metrics),
         }
@@ -213,13 +271,15 @@ impl ServiceB {
         )
     }
 
+    /// Ready while some replica of A may take a call (so an orchestrator sends traffic,
+    /// and trials, to a B that can serve it).
     fn ready(&self, _: &Request) -> Response {
-        match self.breaker.not_ready() {
-            None => Response::json(200, &json!({ "status": "ready" })),
-            Some(reason) => {
-                Response::json(503, &json!({ "status": "not ready", "reason": reason }))
-            }
+        let set = self.replicas.snapshot();
+        if self.replicas.available(&set) > 0 {
+            return Response::json(200, &json!({ "status": "ready" }));
         }
+        let reason = CallError::from(self.replicas.none_available(&set)).to_string();
+        Response::json(503, &json!({ "status": "not ready", "reason": reason }))
     }
 
     fn call_echo(&self, req: &Request) -> Response {
@@ -228,25 +288,32 @@ impl ServiceB {
             Ok(_) => return Response::error(400, "Missing 'msg' parameter"),
             Err(e) => return Response::error(400, &e.to_string()),
         };
-        let url = self.client.url(&msg);
+        let path = EchoClient::path(&msg);
         // Encoded for A's URL the message can grow (`!` becomes `%21`): one that would
         // exceed A's target limit is the client's mistake, answered here, A not called.
-        if self.client.target_len(&msg) > echo_core::server::MAX_TARGET_BYTES {
+        if self.longest_prefix + path.len() > echo_core::server::MAX_TARGET_BYTES {
             return Response::error(414, "Message too long: Service A's URL would exceed 8 KiB");
         }
         let timeout_ms = self.client.timeout().as_millis();
         let started = Instant::now();
-        let result = self.call_a(&msg, &req.request_id);
+        let Call { result, replica } = self.call_a(&path, &req.request_id);
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let id = &req.request_id;
+        let (url, name) = match &replica {
+            Some(r) => (format!("{}{path}", r.base), r.addr.to_string()),
+            None => (format!("{}{path}", self.first_url), "none".to_string()),
+        };
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
         self.upstream
             .outcomes
-            .get_or_create(&Outcome { outcome })
+            .get_or_create(&Outcome {
+                replica: name.clone(),
+                outcome,
+            })
             .inc();
         match result {
             Ok(echo) => {
-                log::info!(target: "service_b", "call to Service A ok: GET {url} timeout={timeout_ms}ms status=200 {ms:.2}ms request_id={id}");
+                log::info!(target: "service_b", "call to Service A ok: GET {url} replica={name} timeout={timeout_ms}ms status=200 {ms:.2}ms request_id={id}");
                 Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
             }
             Err(e) => {
@@ -254,7 +321,7 @@ impl ServiceB {
                     CallError::Overloaded(_) | CallError::CircuitOpen(_) => "not made",
                     _ => "failed",
                 };
-                log::warn!(target: "service_b", "call to Service A {verb}: GET {url} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
+                log::warn!(target: "service_b", "call to Service A {verb}: GET {url} replica={name} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
                 let body = json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() });
                 let response = Response::json(503, &body);
                 match e.retry_after() {
@@ -265,36 +332,105 @@ impl ServiceB {
         }
     }
 
-    /// The guarded call: a bulkhead slot, then the breaker's leave, then A.
-    fn call_a(&self, msg: &str, request_id: &str) -> Result<Value, CallError> {
-        let Some(_slot) = self.bulkhead.try_enter() else {
-            return Err(CallError::Overloaded(self.bulkhead.limit));
+    /// The guarded call: a bulkhead slot, the least-loaded replica whose breaker lets the
+    /// call through, and one retry (on another replica when one may take it, else on a
+    /// fresh connection to the same) for a failure before any byte of the answer, within
+    /// the same deadline.
+    fn call_a(&self, path: &str, request_id: &str) -> Call {
+        let never_made = |e| Call {
+            result: Err(e),
+            replica: None,
         };
-        let permit = self.breaker.permit().map_err(CallError::CircuitOpen)?;
+        let Some(_slot) = self.bulkhead.try_enter() else {
+            return never_made(CallError::Overloaded(self.bulkhead.limit));
+        };
         let started = Instant::now();
-        let result = self.client.echo(msg, request_id);
+        let set = self.replicas.snapshot();
+        let how = match self.replicas.available(&set) {
+            0 | 1 => Try::Alone,
+            _ => Try::Among,
+        };
+        let (first, permit) = match self.replicas.pick(&set, None) {
+            Ok(picked) => picked,
+            Err(none) => return never_made(none.into()),
+        };
+        let outcome = self.attempt(first, permit, how, path, request_id);
+        let cause = match outcome {
+            Err(Attempt::Retry(cause)) => cause,
+            done => return self.done(started, first, done),
+        };
+        let left = self.client.timeout().saturating_sub(started.elapsed());
+        let (second, permit) = match self.replicas.pick(&set, Some(first)) {
+            Ok(picked) => picked,
+            Err(_) => match first.breaker.permit() {
+                Ok(permit) => (first, permit),
+                Err(_) => return self.done(started, first, Err(Attempt::Failed(cause))),
+            },
+        };
+        if left.is_zero() {
+            let timeout = CallError::Timeout(self.client.timeout());
+            return self.done(started, first, Err(Attempt::Failed(timeout)));
+        }
+        self.upstream.retries.inc();
+        log::debug!(target: "service_b", "retrying on replica {} after {} failed: {cause} request_id={request_id}", second.addr, first.addr);
+        let outcome = self.attempt(second, permit, Try::Retry(left), path, request_id);
+        self.done(started, second, outcome)
+    }
+
+    /// One attempt on `replica`, counted in its load and reported to its breaker. A 4xx from
+    /// A means B asked wrongly, not that A is failing: not a breaker failure.
+    fn attempt(
+        &self,
+        replica: &Replica,
+        permit: Permit<'_>,
+        how: Try,
+        path: &str,
+        request_id: &str,
+    ) -> Result<Value, Attempt> {
+        let _load = replica.enter();
+        let url = format!("{}{path}", replica.base);
+        let outcome = self.client.attempt(how, &url, request_id);
+        let failure = match &outcome {
+            Ok(_) | Err(Attempt::Failed(CallError::Status(400..=499))) => None,
+            Err(Attempt::Retry(e) | Attempt::Failed(e)) => Some(e.to_string()),
+        };
+        permit.record(failure);
+        outcome
+    }
+
+    fn done(
+        &self,
+        started: Instant,
+        replica: &Arc<Replica>,
+        outcome: Result<Value, Attempt>,
+    ) -> Call {
         self.upstream
             .duration
             .observe(started.elapsed().as_secs_f64());
-        // A 4xx from A means B asked wrongly, not that A is failing: not a breaker failure.
-        let failure = match &result {
-            Ok(_) | Err(CallError::Status(400..=499)) => None,
-            Err(e) => Some(e.to_string()),
-        };
-        permit.record(failure);
-        result
+        Call {
+            result: outcome.map_err(Attempt::into_error),
+            replica: Some(Arc::clone(replica)),
+        }
     }
 }
 
 /// Starts Service B; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
+    spawn_with_resolver(config, replicas::system_resolver())
+}
+
+/// Like [`spawn`], resolving A's host names with `resolve` (tests give names of their own).
+pub fn spawn_with_resolver(config: Config, resolve: Resolve) -> io::Result<ServerHandle> {
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| echo_core::server::default_max_connections(2));
-    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
-        config.listen, config.service_a_url, config.timeout_ms, config.max_inflight,
+    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} connect_timeout_ms={} resolve_every_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
+        config.listen, config.service_a_urls.join(","), config.timeout_ms, config.connect_timeout_ms, config.resolve_every_ms, config.max_inflight,
         config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
-    let service = ServiceB::new(&config);
+    let service = ServiceB::with_resolver(&config, resolve);
+    service
+        .replicas
+        .resolve_in_background(Duration::from_millis(config.resolve_every_ms.max(1)));
     let metrics = service.metrics_handle();
     echo_core::serve(
         "service_b",
@@ -392,7 +528,8 @@ mod tests {
     fn defaults_follow_the_contract() {
         let c = Config::default();
         assert_eq!(c.listen, "127.0.0.1:8081");
-        assert_eq!(c.service_a_url, "http://127.0.0.1:8080");
+        assert_eq!(c.service_a_urls, ["http://127.0.0.1:8080"]);
+        assert_eq!((c.connect_timeout_ms, c.resolve_every_ms), (250, 5000));
         assert_eq!((c.timeout_ms, c.max_inflight), (2000, 64));
         assert_eq!((c.breaker_threshold, c.breaker_cooldown_ms), (5, 2000));
     }

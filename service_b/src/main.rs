@@ -17,22 +17,31 @@ struct Cli {
     /// Address to listen on (IP:PORT; port 0 picks a free port).
     #[arg(long, env = "SERVICE_B_LISTEN", default_value_t = Config::default().listen)]
     listen: String,
-    /// Base URL of Service A (http:// only).
-    #[arg(long, env = "SERVICE_A_URL", default_value_t = Config::default().service_a_url,
+    /// Base URL of Service A (http:// only); repeat it, or separate URLs with commas, for
+    /// several. Every address a host name resolves to is a replica.
+    #[arg(long, env = "SERVICE_A_URL", value_delimiter = ',', default_value = "http://127.0.0.1:8080",
           value_parser = service_b::parse_service_a_url)]
-    service_a_url: String,
+    service_a_url: Vec<String>,
     /// Deadline for each call to Service A, covering connect, send and receive.
     #[arg(long, env = "SERVICE_B_TIMEOUT_MS", default_value_t = Config::default().timeout_ms,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
+    /// With other replicas in rotation, a connect slower than this moves the call on.
+    #[arg(long, env = "SERVICE_B_CONNECT_TIMEOUT_MS", default_value_t = Config::default().connect_timeout_ms,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    connect_timeout_ms: u64,
+    /// How often host names of Service A are resolved again, in the background.
+    #[arg(long, env = "SERVICE_B_RESOLVE_EVERY_MS", default_value_t = Config::default().resolve_every_ms,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    resolve_every_ms: u64,
     /// Calls to Service A in flight at most; more get 503 `overloaded` at once.
     #[arg(long, env = "SERVICE_B_MAX_INFLIGHT", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_inflight: u64,
-    /// Failed calls in a row that open the circuit breaker (0 turns it off).
+    /// Failed calls in a row that eject a replica of Service A (0 turns ejection off).
     #[arg(long, env = "SERVICE_B_BREAKER_THRESHOLD", default_value_t = Config::default().breaker_threshold)]
     breaker_threshold: u32,
-    /// How long an open breaker fails calls at once before one trial call.
+    /// How long an ejected replica gets no calls before one trial call.
     #[arg(long, env = "SERVICE_B_BREAKER_COOLDOWN_MS", default_value_t = Config::default().breaker_cooldown_ms)]
     breaker_cooldown_ms: u64,
     /// Open connections at most; beyond, a new one gets 503 [default: (open-file limit −
@@ -55,8 +64,10 @@ fn main() -> ExitCode {
     }
     let config = Config {
         listen: cli.listen,
-        service_a_url: cli.service_a_url,
+        service_a_urls: cli.service_a_url,
         timeout_ms: cli.timeout_ms,
+        connect_timeout_ms: cli.connect_timeout_ms,
+        resolve_every_ms: cli.resolve_every_ms,
         max_inflight: cli.max_inflight as usize,
         breaker_threshold: cli.breaker_threshold,
         breaker_cooldown_ms: cli.breaker_cooldown_ms,

@@ -55,8 +55,11 @@ fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
     wait_for_metrics(
         addr,
         &[
-            r#"upstream_requests_total{outcome="overloaded"} 4"#,
-            r#"upstream_requests_total{outcome="timeout"} 2"#,
+            r#"upstream_requests_total{replica="none",outcome="overloaded"} 4"#,
+            &format!(
+                r#"upstream_requests_total{{replica="{}",outcome="timeout"}} 2"#,
+                fake.addr
+            ),
             "upstream_in_flight 0",
         ],
     );
@@ -105,9 +108,9 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     let ready = get(b.addr(), "/ready");
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json()["status"], "not ready");
-    assert!(ready.json()["reason"]
-        .as_str()
-        .is_some_and(|r| r.starts_with("circuit open")));
+    assert!(ready.json()["reason"].as_str().is_some_and(
+        |r| r.starts_with("Circuit open after 3 failures; last: Service A returned HTTP 500")
+    ));
     assert_eq!(
         get(b.addr(), "/health").status,
         200,
@@ -132,9 +135,12 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     wait_for_metrics(
         b.addr(),
         &[
-            "circuit_breaker_state 0",
-            r#"upstream_requests_total{outcome="circuit_open"} 2"#,
-            r#"upstream_requests_total{outcome="ok"} 2"#,
+            &format!(r#"circuit_breaker_state{{replica="{}"}} 0"#, fake.addr),
+            r#"upstream_requests_total{replica="none",outcome="circuit_open"} 2"#,
+            &format!(
+                r#"upstream_requests_total{{replica="{}",outcome="ok"}} 2"#,
+                fake.addr
+            ),
         ],
     );
 }
@@ -158,7 +164,10 @@ fn metrics_count_requests_by_route_and_status() {
         r#"http_requests_total{method="GET",route="/call-echo",status="200"} 3"#,
         r#"http_requests_total{method="GET",route="other",status="404"} 1"#,
         r#"http_request_duration_seconds_count{method="GET",route="/call-echo"} 3"#,
-        r#"upstream_requests_total{outcome="ok"} 3"#,
+        &format!(
+            r#"upstream_requests_total{{replica="{}",outcome="ok"}} 3"#,
+            a.addr()
+        ),
         "upstream_request_duration_seconds_count 3",
         "# TYPE circuit_breaker_state gauge",
     ];

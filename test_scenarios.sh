@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_scenarios.sh: the failure-scenario checks of the distributed echo system (SPEC section 7).
+# test_scenarios.sh: the failure-scenario checks of the distributed echo system.
 #
 #   ./test_scenarios.sh          check the services that already run: Service A at
 #                                $SERVICE_A_URL (default http://127.0.0.1:8080) and Service B

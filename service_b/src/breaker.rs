@@ -1,7 +1,8 @@
-//! The circuit breaker in front of Service A: after `threshold` failed calls in a row it
-//! opens for `cooldown`, and calls fail at once without reaching A; then one trial call is let
-//! through, and its outcome closes the breaker or opens it again. It remembers the last
-//! failure, so a call refused while it is open can still say what went wrong.
+//! The circuit breaker in front of one replica of Service A: after `threshold` failed calls in
+//! a row it opens for `cooldown` (the replica is ejected: no call reaches it); then one trial
+//! call is let through, and its outcome closes the breaker (readmitted) or opens it again.
+//! It remembers the last failure, so a call refused while it is open can still say what went
+//! wrong.
 
 use std::fmt;
 use std::sync::Mutex;

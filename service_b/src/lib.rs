@@ -1,8 +1,12 @@
 //! Service B: `GET /call-echo?msg=M` calls Service A's `/echo` with one deadline and answers
 //! `{"msg":M,"echo_response":<A's object>}`, or a 503 whose `kind` and `details` say exactly
-//! how the call failed. Calls to A pass a bulkhead (at most `--max-inflight` at once) and a
-//! circuit breaker, so a failing A costs B neither its threads nor its `/health`.
-//! Also `GET /health` (liveness), `GET /ready` (readiness: the breaker) and `GET /metrics`.
+//! how the call failed. A may run as several replicas ([`replicas`]): each call goes to the
+//! least loaded one, a replica that keeps failing is ejected by its own breaker
+//! ([`breaker`]), and a call that failed before any byte of the answer is retried once
+//! elsewhere. A bulkhead (at most `--max-inflight` calls at once) keeps a hanging A from
+//! costing B its threads or its `/health`.
+//! Also `GET /health` (liveness), `GET /ready` (readiness: some replica may take a call) and
+//! `GET /metrics`.
 
 #![forbid(unsafe_code)]
 

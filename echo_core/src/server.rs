@@ -42,8 +42,14 @@ const THREAD_KEEP: Duration = Duration::from_secs(5);
 /// Stack of a connection thread: the handlers need little; the default 2 MiB is address
 /// space a thousand idle connections need not reserve.
 const STACK_BYTES: usize = 256 * 1024;
-/// Descriptors kept back from `--max-connections`' default for the process itself.
+/// Descriptors kept back from `--max-connections`' default for the process itself (or a
+/// quarter of the limit, if that is less).
 const RESERVED_FDS: u64 = 64;
+/// Before closing a connection, unread input is drained for at most this long (or
+/// [`LINGER_BYTES`]): closing with input unread sends a reset, which can destroy our last
+/// answer (a 400, say) before the client has read it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
 /// The default `--max-connections` never exceeds this, whatever the descriptor limit.
 pub const MAX_CONNECTIONS_CAP: usize = 10_000;
 
@@ -57,7 +63,7 @@ request head 10 s, idle keep-alive 60 s, write 10 s.";
 /// [`MAX_CONNECTIONS_CAP`] (at least 1).
 pub fn default_max_connections(fds_per_connection: u64) -> usize {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let fit = soft.saturating_sub(RESERVED_FDS) / fds_per_connection.max(1);
+    let fit = soft.saturating_sub(RESERVED_FDS.min(soft / 4)) / fds_per_connection.max(1);
     usize::try_from(fit)
         .unwrap_or(usize::MAX)
         .clamp(1, MAX_CONNECTIONS_CAP)
@@ -276,6 +282,10 @@ impl Shared {
             conns.next_id += 1;
             let stream = Arc::new(stream);
             conns.open.insert(id, Arc::clone(&stream));
+            if self.stopping() {
+                // Accepted just as the stop began, after it shut the open ones: same fate.
+                let _ = stream.shutdown(Shutdown::Read);
+            }
             (id, stream)
         };
         self.dispatch(conn);
@@ -327,6 +337,7 @@ impl Shared {
             if catch_unwind(AssertUnwindSafe(|| self.serve_connection(&stream))).is_err() {
                 log::error!(target: self.name, "connection thread panicked; connection closed");
             }
+            linger(&stream);
             let mut conns = self.lock_conns();
             conns.open.remove(&id);
             drop(stream);
@@ -425,6 +436,13 @@ impl Shared {
             thread::sleep(response.delay);
         }
         let keep_alive = keep_alive && !self.stopping();
+        let mut response = response;
+        if keep_alive && head.http10 {
+            // An HTTP/1.0 client keeps the connection only when told so.
+            response
+                .headers
+                .push(("Connection", "keep-alive".to_string()));
+        }
         let bytes = encode(&response, &id, req.method == "HEAD", !keep_alive);
         let written = (&*stream).write_all(&bytes);
         if let Err(e) = &written {
@@ -441,7 +459,6 @@ impl Shared {
         let id = request_id(None);
         let response = Response::error(status, bad.message);
         let _ = (&*stream).write_all(&encode(&response, &id, false, true));
-        let _ = stream.shutdown(Shutdown::Write);
         self.log_access(&bad.method, &bad.path, &response, &id, started);
     }
 
@@ -466,6 +483,26 @@ impl Shared {
             .observe(method, response.route, status, seconds);
         let ms = seconds * 1000.0;
         log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
+    }
+}
+
+/// Closes our side for writing, then drains what the client still sends for a short while,
+/// so that closing does not reset the connection under our last answer.
+fn linger(stream: &TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return; // already gone
+    }
+    let deadline = Instant::now() + LINGER;
+    let (mut drained, mut sink) = (0, [0u8; 4096]);
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*stream).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
     }
 }
 
@@ -528,6 +565,7 @@ struct Head {
     method: String,
     /// In origin form (`/path?query`), also when sent in absolute form.
     target: String,
+    http10: bool,
     keep_alive: bool,
     content_length: usize,
     expect_continue: bool,
@@ -695,6 +733,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Bad> {
     let head = Head {
         method: method.to_string(),
         target: origin_form(target),
+        http10: version == 0,
         keep_alive,
         content_length,
         expect_continue,

@@ -428,10 +428,10 @@ pub fn spawn_with_resolver(config: Config, resolve: Resolve) -> io::Result<Serve
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| echo_core::server::default_max_connections(2));
-    log::info!(target: "service_b", "config: listen={} service_a_url={} timeout_ms={} connect_timeout_ms={} resolve_every_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
-        config.listen, config.service_a_urls.join(","), config.timeout_ms, config.connect_timeout_ms, config.resolve_every_ms, config.max_inflight,
-        config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
     let service = ServiceB::with_resolver(&config, resolve);
+    log::info!(target: "service_b", "config: listen={} service_a_url={} replicas={} timeout_ms={} connect_timeout_ms={} resolve_every_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
+        config.listen, config.service_a_urls.join(","), service.replicas.describe(), config.timeout_ms, config.connect_timeout_ms, config.resolve_every_ms, config.max_inflight,
+        config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
     service
         .replicas
         .resolve_in_background(Duration::from_millis(config.resolve_every_ms.max(1)));

@@ -136,7 +136,7 @@ pub struct Replicas {
     targets: Vec<Target>,
     resolve: Resolve,
     current: RwLock<Arc<[Arc<Replica>]>>,
-    /// The last resolution error, while no address is known.
+    /// The errors of the last resolution (empty when every name resolved).
     unresolved: RwLock<String>,
     threshold: u32,
     cooldown: Duration,
@@ -159,15 +159,26 @@ impl Replicas {
             targets,
             resolve,
             current: RwLock::new(Arc::from(Vec::new())),
-            unresolved: RwLock::new("not resolved yet".to_string()),
+            unresolved: RwLock::new(String::new()),
             threshold,
             cooldown,
             breaker_states,
             seed: RandomState::new().hash_one(0u64),
             draws: AtomicU64::new(0),
         };
-        replicas.refresh();
+        replicas.resolve_now(false);
         replicas
+    }
+
+    /// The replicas as the config line shows them: `[10.0.0.2:8080, …]`, or why none.
+    pub fn describe(&self) -> String {
+        let set = self.snapshot();
+        if set.is_empty() {
+            let why = self.unresolved.read().unwrap_or_else(|p| p.into_inner());
+            return format!("[] ({why})");
+        }
+        let list: Vec<String> = set.iter().map(|r| r.addr.to_string()).collect();
+        format!("[{}]", list.join(", "))
     }
 
     /// Whether any target is a name, to be re-resolved in the background.
@@ -203,6 +214,12 @@ impl Replicas {
     /// Resolves every target and swaps in the new set, keeping the state (breaker, load) of
     /// addresses still there. A target that fails to resolve keeps its previous addresses.
     pub fn refresh(&self) {
+        self.resolve_now(true);
+    }
+
+    /// [`Replicas::refresh`]; logs what changed when `log` (not at start, where the config
+    /// line shows the set).
+    fn resolve_now(&self, log: bool) {
         let old = self.snapshot();
         let mut next: Vec<Arc<Replica>> = Vec::new();
         let mut errors = Vec::new();
@@ -223,10 +240,18 @@ impl Replicas {
                 next.push(kept.unwrap_or_else(|| self.replica(addr, index)));
             }
         }
-        if !errors.is_empty() {
-            log::warn!(target: "service_b", "resolving Service A: {}", errors.join("; "));
-            *self.unresolved.write().unwrap_or_else(|p| p.into_inner()) = errors.join("; ");
+        // Logged when it changes, not at every resolution.
+        let failed = errors.join("; ");
+        let mut last = self.unresolved.write().unwrap_or_else(|p| p.into_inner());
+        if *last != failed {
+            match (log, failed.is_empty()) {
+                (false, _) => {}
+                (true, false) => log::warn!(target: "service_b", "resolving Service A: {failed}"),
+                (true, true) => log::info!(target: "service_b", "resolving Service A works again"),
+            }
+            *last = failed;
         }
+        drop(last);
         let names =
             |set: &[Arc<Replica>]| -> Vec<SocketAddr> { set.iter().map(|r| r.addr).collect() };
         if names(&next) != names(&old) {
@@ -236,9 +261,10 @@ impl Replicas {
             {
                 self.breaker_states.remove(&label(gone.addr));
             }
-            let list: Vec<String> = next.iter().map(|r| r.addr.to_string()).collect();
-            log::info!(target: "service_b", "Service A replicas: [{}]", list.join(", "));
             *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(next);
+            if log {
+                log::info!(target: "service_b", "Service A replicas now: {}", self.describe());
+            }
         }
     }
 

@@ -1,13 +1,16 @@
 //! The test kit shared by every test crate: a raw HTTP/1.1 client (so tests see exactly what
 //! goes over the socket), real misbehaving servers that stand in for a failing Service A,
-//! and a runner for the real binaries that waits for their `listening on` line.
+//! and a runner for the real binaries that builds them and waits for their `listening on` line.
 
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -67,7 +70,8 @@ pub fn try_send(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
     read_reply(&mut BufReader::new(stream))
 }
 
-/// Reads one HTTP/1.1 response (Content-Length, or until close) from `reader`.
+/// Reads one HTTP/1.1 response from `reader`: no body for 1xx, 204 and 304 (whatever the
+/// headers say), else `Content-Length` bytes, else everything until the server closes.
 pub fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();
@@ -97,6 +101,9 @@ pub fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
         body: Vec::new(),
     };
     let mut body = Vec::new();
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(reply);
+    }
     match reply
         .header("Content-Length")
         .and_then(|v| v.parse::<usize>().ok())
@@ -255,20 +262,92 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
     }
 }
 
-/// The path of a workspace binary, next to the test executable's `deps` folder.
+/// The workspace's service binaries, which the tests build themselves.
+pub const SERVICES: [&str; 2] = ["service_a", "service_b"];
+
+/// The path of a service binary (one of [`SERVICES`]), freshly built: the first call in a test
+/// process runs `cargo build` for both services with this test build's profile, in the same
+/// workspace and target directory, so a missing or stale binary is never run; later calls
+/// reuse that build.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(build_services);
+    built
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("cargo built no binary called {name}: {built:?}"))
+}
+
+/// Runs `cargo build` for [`SERVICES`] and returns each binary's path as cargo reports it.
+fn build_services() -> HashMap<String, PathBuf> {
+    // The cargo running these tests (it sets CARGO), else the one that compiled them.
+    let cargo =
+        std::env::var_os("CARGO").unwrap_or_else(|| option_env!("CARGO").unwrap_or("cargo").into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--bins", "--message-format=json-render-diagnostics"]);
+    for name in SERVICES {
+        command.args(["--package", name]);
+    }
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    path
+    let mut built = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str();
+        let path = message["executable"].as_str();
+        if let (Some("compiler-artifact"), Some(name), Some(path)) =
+            (message["reason"].as_str(), name, path)
+        {
+            built.insert(name.to_string(), PathBuf::from(path));
+        }
+    }
+    built
+}
+
+/// A command for a service binary with an empty environment, so nothing the caller exported
+/// (`SERVICE_A_DELAY_MS`, `SERVICE_B_TIMEOUT_MS`, …) can change what a test sees.
+pub fn service_command(name: &str) -> Command {
+    let mut command = Command::new(binary(name));
+    command.env_clear();
+    command
+}
+
+/// A signal a test sends to a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: a graceful stop.
+    Term,
+    /// SIGINT: Ctrl-C, also a graceful stop.
+    Int,
+    /// SIGKILL.
+    Kill,
+}
+
+impl Signal {
+    fn to_nix(self) -> nix::sys::signal::Signal {
+        match self {
+            Signal::Term => nix::sys::signal::Signal::SIGTERM,
+            Signal::Int => nix::sys::signal::Signal::SIGINT,
+            Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+        }
+    }
 }
 
 /// A real service process with its stdout collected line by line.
@@ -285,29 +364,13 @@ impl Running {
         Running::start_limited(name, args, None)
     }
 
-    /// Like [`Running::start`], with the soft and hard open-file limits set to `nofile`.
+    /// Like [`Running::start`], then (once it listens) sets the service's soft and hard
+    /// open-file limits to `nofile`, so it cannot raise them again. The service chose its
+    /// defaults under the limit it started with; the lowered one meets it at run time.
     pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running {
-        let mut command = Command::new(binary(name));
-        if let Some(n) = nofile {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and touches only the struct we pass.
-            unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let mut child = command
+        let mut child = service_command(name)
             .args(args)
-            .env_clear()
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -332,7 +395,21 @@ impl Running {
         running.addr = addr
             .parse()
             .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        if let Some(n) = nofile {
+            rlimit::prlimit(
+                running.pid() as rlimit::pid_t,
+                rlimit::Resource::NOFILE,
+                Some((n, n)),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("prlimit NOFILE={n} on {name}: {e}"));
+        }
         running
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for a stdout line containing `needle` and returns it; panics after `limit`.
@@ -372,12 +449,18 @@ impl Running {
         proc_status_kib(self.child.id(), "Threads:")
     }
 
-    /// Sends a signal (e.g. `libc::SIGTERM`).
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
+    /// The number of open file descriptors of the process (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|entries| entries.count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Sends `signal` to the process; panics if it cannot be sent.
+    pub fn signal(&self, signal: Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal.to_nix())
+            .unwrap_or_else(|e| panic!("kill -{signal:?} {pid}: {e}"));
     }
 
     /// Waits up to `limit` for the process to exit; returns its exit code and every stdout
@@ -425,15 +508,5 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// Raises this process's soft open-file limit to the hard one, for tests that hold many
 /// connections.
 pub fn raise_own_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE");
 }

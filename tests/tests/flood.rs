@@ -1,9 +1,14 @@
 //! The bulkhead under a flood, on the real B binary: A accepts and never answers, more
-//! clients than B has workers keep calling `/call-echo` (96 against 72; `FLOOD_CLIENTS`
-//! changes it), and `/health` must stay quick while every call is answered within the
-//! deadline. Without the bulkhead every worker would wait on A and `/health` behind them.
+//! clients than B's bulkhead admits to A at once keep calling `/call-echo` (96 against the
+//! default `--max-inflight` of 64; `FLOOD_CLIENTS` changes it), and `/health` must stay quick
+//! while every call is answered within the deadline: a call A holds waits at most the
+//! deadline, and one beyond the bulkhead is refused at once as `overloaded`. Without the
+//! bulkhead every call would hold a thread and a connection to A for the whole deadline,
+//! however many clients came.
 //! The bounds here are generous; the figures it prints are the measurement
 //! (`cargo test --test flood -- --nocapture`).
+
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -233,7 +233,7 @@ impl EchoClient {
             .header("X-Request-Id", request_id)
             .header("Accept", "application/json")
             .call()
-            .map_err(|e| self.classify_call(e))?;
+            .map_err(|e| self.classify_call(e, how))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(Attempt::Failed(CallError::Status(status)));
@@ -251,18 +251,29 @@ impl EchoClient {
         parse_echo(&body).map_err(Attempt::Failed)
     }
 
-    /// Sorts a failure before the answer's head into retryable or final.
-    fn classify_call(&self, e: ureq::Error) -> Attempt {
+    /// Sorts a failure before the answer's head into retryable or final. A timeout is
+    /// retryable only on a first try among replicas, whose own shorter limits (connect, the
+    /// answer's head) it is; any other timeout is the deadline, whatever the phase ureq
+    /// names.
+    fn classify_call(&self, e: ureq::Error, how: Try) -> Attempt {
+        match (e, how) {
+            (ureq::Error::Timeout(ureq::Timeout::Connect), Try::Among) => {
+                Attempt::Retry(CallError::Connect(format!(
+                    "connect took longer than {}ms",
+                    self.connect_timeout.as_millis()
+                )))
+            }
+            (ureq::Error::Timeout(ureq::Timeout::RecvResponse), Try::Among) => {
+                Attempt::Retry(CallError::Timeout(self.timeout))
+            }
+            (e, _) => self.classify_error(e),
+        }
+    }
+
+    fn classify_error(&self, e: ureq::Error) -> Attempt {
         use io::ErrorKind::*;
         let connect = |cause: String| Attempt::Retry(CallError::Connect(cause));
         match e {
-            ureq::Error::Timeout(ureq::Timeout::Connect) => connect(format!(
-                "connect took longer than {}ms",
-                self.connect_timeout.as_millis()
-            )),
-            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => {
-                Attempt::Retry(CallError::Timeout(self.timeout))
-            }
             ureq::Error::Timeout(_) => Attempt::Failed(CallError::Timeout(self.timeout)),
             ureq::Error::Io(io) => match io.kind() {
                 ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe

@@ -358,56 +358,56 @@ impl ServiceB {
             Ok(picked) => picked,
             Err(none) => return never_made(none.into()),
         };
-        let outcome = self.attempt(first, permit, how, path, request_id);
-        let cause = match outcome {
+        let cause = match self.attempt(first, how, path, request_id) {
             Err(Attempt::Retry(cause)) => cause,
-            done => return self.done(started, first, done),
+            done => return self.done(started, first, permit, done),
         };
         let left = self.client.timeout().saturating_sub(started.elapsed());
-        let (second, permit) = match self.replicas.pick(&set, Some(first)) {
-            Ok(picked) => picked,
-            Err(_) => match first.breaker.permit() {
-                Ok(permit) => (first, permit),
-                Err(_) => return self.done(started, first, Err(Attempt::Failed(cause))),
-            },
-        };
         if left.is_zero() {
             let timeout = CallError::Timeout(self.client.timeout());
-            return self.done(started, first, Err(Attempt::Failed(timeout)));
+            return self.done(started, first, permit, Err(Attempt::Failed(timeout)));
         }
         self.upstream.retries.inc();
-        log::debug!(target: "service_b", "retrying on replica {} after {} failed: {cause} request_id={request_id}", second.addr, first.addr);
-        let outcome = self.attempt(second, permit, Try::Retry(left), path, request_id);
-        self.done(started, second, outcome)
+        // Another replica if one may take the call; else the same on a fresh connection,
+        // under the same permit, so that its breaker counts this call once.
+        let (replica, permit) = match self.replicas.pick(&set, Some(first)) {
+            Ok((second, second_permit)) => {
+                permit.record(Some(cause.to_string()));
+                (second, second_permit)
+            }
+            Err(_) => (first, permit),
+        };
+        log::debug!(target: "service_b", "retrying on replica {} after {} failed: {cause} request_id={request_id}", replica.addr, first.addr);
+        let outcome = self.attempt(replica, Try::Retry(left), path, request_id);
+        self.done(started, replica, permit, outcome)
     }
 
-    /// One attempt on `replica`, counted in its load and reported to its breaker. A 4xx from
-    /// A means B asked wrongly, not that A is failing: not a breaker failure.
+    /// One attempt on `replica`, counted in its load.
     fn attempt(
         &self,
         replica: &Replica,
-        permit: Permit<'_>,
         how: Try,
         path: &str,
         request_id: &str,
     ) -> Result<Value, Attempt> {
         let _load = replica.enter();
         let url = format!("{}{path}", replica.base);
-        let outcome = self.client.attempt(how, &url, request_id);
-        let failure = match &outcome {
-            Ok(_) | Err(Attempt::Failed(CallError::Status(400..=499))) => None,
-            Err(Attempt::Retry(e) | Attempt::Failed(e)) => Some(e.to_string()),
-        };
-        permit.record(failure);
-        outcome
+        self.client.attempt(how, &url, request_id)
     }
 
+    /// Reports the call's outcome to the replica's breaker and ends the call. A 4xx from A
+    /// means B asked wrongly, not that A is failing: not a breaker failure.
     fn done(
         &self,
         started: Instant,
         replica: &Arc<Replica>,
+        permit: Permit<'_>,
         outcome: Result<Value, Attempt>,
     ) -> Call {
+        permit.record(match &outcome {
+            Ok(_) | Err(Attempt::Failed(CallError::Status(400..=499))) => None,
+            Err(Attempt::Retry(e) | Attempt::Failed(e)) => Some(e.to_string()),
+        });
         self.upstream
             .duration
             .observe(started.elapsed().as_secs_f64());

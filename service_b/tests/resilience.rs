@@ -227,3 +227,26 @@ fn a_4xx_from_a_does_not_open_the_breaker() {
     assert_eq!(fake.requests().len(), 5, "the breaker opened on A's 4xx");
     assert_eq!(get(b.addr(), "/ready").status, 200);
 }
+
+#[test]
+fn the_breaker_counts_calls_not_attempts() {
+    // A refused call is retried once on a fresh connection; that retry must not count as a
+    // second failure, or the breaker would open after fewer calls than its threshold.
+    let down = echo_tests::closed_port();
+    let b = b_with(&format!("http://{down}"), |c| c.breaker_threshold = 3);
+    for i in 0..3 {
+        let r = get(b.addr(), "/call-echo?msg=x");
+        assert_eq!(
+            (r.status, r.json()["kind"].as_str()),
+            (503, Some("connect")),
+            "call {i}"
+        );
+    }
+    let open = get(b.addr(), "/call-echo?msg=x").json();
+    assert_eq!(open["kind"], "circuit_open");
+    let details = open["details"].as_str().unwrap_or("");
+    assert!(
+        details.starts_with("Circuit open after 3 failures; last: Connection error: "),
+        "{details}"
+    );
+}

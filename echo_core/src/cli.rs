@@ -49,6 +49,7 @@ pub fn run(
     start: impl FnOnce() -> io::Result<ServerHandle>,
 ) -> ExitCode {
     crate::logging::init(level);
+    log_panics(name);
     raise_open_file_limit(name);
     // Registered before starting, so a signal that arrives during start-up is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
@@ -72,6 +73,15 @@ pub fn run(
         n => log::warn!(target: name, "stopped with {n} request(s) still in flight"),
     }
     ExitCode::SUCCESS
+}
+
+/// A panic (a handler's is answered 500 and caught; any other ends its thread) becomes one
+/// ERROR line of the service's log, in its format, instead of Rust's report on stderr.
+fn log_panics(name: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        log::error!(target: name, "panic in thread {}: {info}", thread.name().unwrap_or("unnamed"));
+    }));
 }
 
 /// Each open connection costs a descriptor (two in B); the soft limit is often 1024 while

@@ -72,9 +72,16 @@ pub fn default_max_connections(fds_per_connection: u64) -> usize {
 /// The request handler a service gives to [`serve`].
 pub type HandlerFn = dyn Fn(&Request) -> Response + Send + Sync + 'static;
 
-/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR. No timeout is
-/// ever set on the listening socket: an accept with one fails with EAGAIN once it expires.
+/// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR; the error
+/// names the address. No timeout is ever set on the listening socket: an accept with one
+/// fails with EAGAIN once it expires. A service binds before it logs its config, so a port
+/// in use is one line on stderr and nothing else.
 pub fn bind(listen: &str) -> io::Result<TcpListener> {
+    bind_addr(listen)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
+}
+
+fn bind_addr(listen: &str) -> io::Result<TcpListener> {
     let addr = listen
         .to_socket_addrs()?
         .next()
@@ -86,18 +93,16 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Binds `listen` and serves `handler`, one thread per connection, at most
-/// `max_connections` at once; logs `listening on http://…` once the port is bound. `name` is
-/// the service name of every log line; every answer is counted in `metrics`.
+/// Serves `handler` on `listener` (from [`bind`]), one thread per connection, at most
+/// `max_connections` at once; logs `listening on http://…` first. `name` is the service name
+/// of every log line; every answer is counted in `metrics`.
 pub fn serve(
     name: &'static str,
-    listen: &str,
+    listener: TcpListener,
     max_connections: usize,
     metrics: Arc<Metrics>,
     handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
 ) -> io::Result<ServerHandle> {
-    let listener = bind(listen)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         name,
@@ -237,7 +242,7 @@ impl Shared {
     // --- The accept loop ---------------------------------------------------------------
 
     /// Accepts until stopped. It never dies: an error (EMFILE, ENFILE, ECONNABORTED, …) is
-    /// logged once per burst and retried after a back-off that grows from 5 ms to 200 ms.
+    /// logged once per burst and retried after a back-off that grows from 10 ms to 200 ms.
     fn accept_loop(self: Arc<Self>) {
         let mut failures: u64 = 0;
         loop {

@@ -24,7 +24,7 @@ fn handler(req: &Request) -> Response {
 fn start() -> echo_core::ServerHandle {
     serve(
         "test_server",
-        "127.0.0.1:0",
+        echo_core::server::bind("127.0.0.1:0").expect("bind"),
         64,
         Arc::new(Metrics::new()),
         handler,

@@ -185,6 +185,7 @@ fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String>
 
 /// Starts Service A; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
+    let listener = echo_core::server::bind(&config.listen)?;
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| echo_core::server::default_max_connections(1));
@@ -195,7 +196,7 @@ pub fn spawn(config: Config) -> io::Result<ServerHandle> {
     let metrics = service.metrics_handle();
     echo_core::serve(
         "service_a",
-        &config.listen,
+        listener,
         max_connections,
         metrics,
         move |req| service.handle(req),

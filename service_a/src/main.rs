@@ -32,8 +32,8 @@ struct Cli {
     /// Largest per-request `delay_ms` honoured; larger values are capped to it.
     #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = Config::default().max_delay_ms)]
     max_delay_ms: u64,
-    /// Open connections at most; beyond, a new one gets 503 [default: open-file limit − 64,
-    /// at most 10000].
+    /// Open connections at most; beyond, a new one gets 503 [default: the open-file limit
+    /// less 64 (a quarter if smaller), at most 10000].
     #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
     /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the

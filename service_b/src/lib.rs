@@ -205,7 +205,7 @@ impl ServiceB {
         );
         registry.register(
             "upstream_request_duration_seconds",
-            "Duration of the calls that reached Service A",
+            "Duration of the calls to Service A that were made (not refused by the bulkhead or breakers)",
             upstream.duration.clone(),
         );
         registry.register(
@@ -425,6 +425,7 @@ pub fn spawn(config: Config) -> io::Result<ServerHandle> {
 
 /// Like [`spawn`], resolving A's host names with `resolve` (tests give names of their own).
 pub fn spawn_with_resolver(config: Config, resolve: Resolve) -> io::Result<ServerHandle> {
+    let listener = echo_core::server::bind(&config.listen)?;
     let max_connections = config
         .max_connections
         .unwrap_or_else(|| echo_core::server::default_max_connections(2));
@@ -438,7 +439,7 @@ pub fn spawn_with_resolver(config: Config, resolve: Resolve) -> io::Result<Serve
     let metrics = service.metrics_handle();
     echo_core::serve(
         "service_b",
-        &config.listen,
+        listener,
         max_connections,
         metrics,
         move |req| service.handle(req),

@@ -44,8 +44,8 @@ struct Cli {
     /// How long an ejected replica gets no calls before one trial call.
     #[arg(long, env = "SERVICE_B_BREAKER_COOLDOWN_MS", default_value_t = Config::default().breaker_cooldown_ms)]
     breaker_cooldown_ms: u64,
-    /// Open connections at most; beyond, a new one gets 503 [default: (open-file limit −
-    /// 64) / 2, at most 10000].
+    /// Open connections at most; beyond, a new one gets 503 [default: the open-file limit
+    /// less 64 (a quarter if smaller), halved (two descriptors a connection), at most 10000].
     #[arg(long, env = "SERVICE_B_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
     /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the

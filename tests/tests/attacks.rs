@@ -132,7 +132,7 @@ fn malformed_http_gets_no_5xx_and_the_service_answers_after() {
     for name in ["service_a", "service_b"] {
         let service = start(name);
         let many_headers: String = (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect();
-        // Each input with the statuses SPEC section 9 allows for it; `None` in the list means
+        // Each input with the statuses the HTTP core's rules allow for it; `None` in the list means
         // the server may also close without an answer.
         let corpus: Vec<(Vec<u8>, &[Option<u16>])> = vec![
             (b"GARBAGE\r\n\r\n".to_vec(), &[Some(400)]),

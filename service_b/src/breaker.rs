@@ -39,7 +39,7 @@ pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<Inner>,
-    gauge: Gauge,
+    gauge: Mutex<Gauge>,
 }
 
 #[derive(Debug)]
@@ -113,7 +113,7 @@ impl Breaker {
                 failures: 0,
                 last: String::new(),
             }),
-            gauge,
+            gauge: Mutex::new(gauge),
         }
     }
 
@@ -121,9 +121,18 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Shows the state on `gauge` from now on (a replica back under its name gets the
+    /// gauge its metric label has now).
+    pub fn show_on(&self, gauge: Gauge) {
+        let inner = self.lock();
+        gauge.set(inner.state.gauge_value());
+        *self.gauge.lock().unwrap_or_else(|p| p.into_inner()) = gauge;
+    }
+
     fn set(&self, state: &mut State, next: State) {
         *state = next;
-        self.gauge.set(next.gauge_value());
+        let gauge = self.gauge.lock().unwrap_or_else(|p| p.into_inner());
+        gauge.set(next.gauge_value());
     }
 
     /// Leave to call A, or why not and until when.
@@ -241,6 +250,12 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    impl Breaker {
+        fn gauge_value(&self) -> i64 {
+            self.gauge.lock().map(|g| g.get()).unwrap_or(-1)
+        }
+    }
+
     fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
         Breaker::new(
             "test",
@@ -276,7 +291,7 @@ mod tests {
         let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
         assert!(details.starts_with(want), "{details}");
         assert!(b.ejected().is_some_and(|o| o.failures == 3));
-        assert_eq!(b.gauge.get(), 1);
+        assert_eq!(b.gauge_value(), 1);
     }
 
     #[test]
@@ -285,14 +300,14 @@ mod tests {
         fail(&b); // open, cooldown 0: the next permit is the trial
         assert!(b.available(), "cooldown over: ready for the trial");
         let trial = b.permit().expect("trial");
-        assert_eq!(b.gauge.get(), 2);
+        assert_eq!(b.gauge_value(), 2);
         assert!(b.permit().is_err(), "only one trial at a time");
         assert!(!b.available(), "half-open: its trial is in flight");
         trial.record(Some("x".to_string()));
-        assert_eq!(b.gauge.get(), 1);
+        assert_eq!(b.gauge_value(), 1);
         let trial = b.permit().expect("second trial");
         trial.record(None);
-        assert_eq!(b.gauge.get(), 0);
+        assert_eq!(b.gauge_value(), 0);
         assert!(b.permit().is_ok());
     }
 
@@ -303,9 +318,9 @@ mod tests {
         fail(&b); // opens; cooldown 0
         let trial = b.permit().expect("trial");
         late.record(Some("late".to_string())); // a call from before, finishing now: ignored
-        assert_eq!(b.gauge.get(), 2, "still half-open");
+        assert_eq!(b.gauge_value(), 2, "still half-open");
         trial.record(None);
-        assert_eq!(b.gauge.get(), 0);
+        assert_eq!(b.gauge_value(), 0);
     }
 
     #[test]
@@ -313,7 +328,7 @@ mod tests {
         let b = breaker(1, 0);
         fail(&b);
         drop(b.permit().expect("trial"));
-        assert_eq!(b.gauge.get(), 1);
+        assert_eq!(b.gauge_value(), 1);
     }
 
     #[test]

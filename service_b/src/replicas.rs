@@ -7,9 +7,9 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -68,6 +68,9 @@ impl Target {
         }
     }
 }
+
+/// How long the state of a replica that left its name's addresses is kept for its return.
+const DEPARTED_KEPT: Duration = Duration::from_secs(600);
 
 /// How a host name becomes addresses: [`system_resolver`] in the services; tests may give
 /// names of their own to several loopback addresses.
@@ -138,6 +141,9 @@ pub struct Replicas {
     current: RwLock<Arc<[Arc<Replica>]>>,
     /// The errors of the last resolution (empty when every name resolved).
     unresolved: RwLock<String>,
+    /// Replicas a name stopped resolving to, and since when: one that comes back within
+    /// [`DEPARTED_KEPT`] keeps its breaker (an ejected replica still owes its trial call).
+    departed: Mutex<Vec<(Arc<Replica>, Instant)>>,
     threshold: u32,
     cooldown: Duration,
     breaker_states: Family<ReplicaLabel, Gauge>,
@@ -160,6 +166,7 @@ impl Replicas {
             resolve,
             current: RwLock::new(Arc::from(Vec::new())),
             unresolved: RwLock::new(String::new()),
+            departed: Mutex::new(Vec::new()),
             threshold,
             cooldown,
             breaker_states,
@@ -221,6 +228,7 @@ impl Replicas {
     /// line shows the set).
     fn resolve_now(&self, log: bool) {
         let old = self.snapshot();
+        let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
         let mut next: Vec<Arc<Replica>> = Vec::new();
         let mut errors = Vec::new();
         for (index, target) in self.targets.iter().enumerate() {
@@ -236,12 +244,55 @@ impl Replicas {
                 if next.iter().any(|r| r.addr == addr) {
                     continue;
                 }
+                // Kept if still there, or back from a short absence with its breaker as it
+                // was; else new.
                 let kept = old.iter().find(|r| r.addr == addr).cloned();
-                next.push(kept.unwrap_or_else(|| self.replica(addr, index)));
+                let back = departed.iter().position(|(r, _)| r.addr == addr);
+                let replica = match (kept, back) {
+                    (Some(replica), _) => replica,
+                    (None, Some(i)) => {
+                        let (replica, _) = departed.swap_remove(i);
+                        let gauge = self.breaker_states.get_or_create(&label(addr)).clone();
+                        replica.breaker.show_on(gauge);
+                        if log {
+                            log::warn!(target: "service_b", "replica {addr} readmitted: {} resolves to it again", target.host);
+                        }
+                        replica
+                    }
+                    (None, None) => self.replica(addr, index),
+                };
+                next.push(replica);
             }
         }
-        // Logged when it changes, not at every resolution.
-        let failed = errors.join("; ");
+        // A stable order, so that a resolver rotating its answers changes nothing.
+        next.sort_by_key(|r| r.addr);
+        self.note_errors(log, errors.join("; "));
+        let now = Instant::now();
+        departed.retain(|(_, since)| now.duration_since(*since) < DEPARTED_KEPT);
+        let gone: Vec<&Arc<Replica>> = old
+            .iter()
+            .filter(|r| !next.iter().any(|n| n.addr == r.addr))
+            .collect();
+        for replica in &gone {
+            self.breaker_states.remove(&label(replica.addr));
+            departed.push((Arc::clone(replica), now));
+            if log {
+                let host = &self.targets[replica.target].host;
+                log::warn!(target: "service_b", "replica {} ejected: {host} no longer resolves to it", replica.addr);
+            }
+        }
+        let same =
+            next.len() == old.len() && next.iter().zip(old.iter()).all(|(n, o)| n.addr == o.addr);
+        if !same {
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(next);
+            if log {
+                log::info!(target: "service_b", "Service A replicas now: {}", self.describe());
+            }
+        }
+    }
+
+    /// Remembers the resolution errors; logs them when they change, not at every resolution.
+    fn note_errors(&self, log: bool, failed: String) {
         let mut last = self.unresolved.write().unwrap_or_else(|p| p.into_inner());
         if *last != failed {
             match (log, failed.is_empty()) {
@@ -250,21 +301,6 @@ impl Replicas {
                 (true, true) => log::info!(target: "service_b", "resolving Service A works again"),
             }
             *last = failed;
-        }
-        drop(last);
-        let names =
-            |set: &[Arc<Replica>]| -> Vec<SocketAddr> { set.iter().map(|r| r.addr).collect() };
-        if names(&next) != names(&old) {
-            for gone in old
-                .iter()
-                .filter(|r| !next.iter().any(|n| n.addr == r.addr))
-            {
-                self.breaker_states.remove(&label(gone.addr));
-            }
-            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(next);
-            if log {
-                log::info!(target: "service_b", "Service A replicas now: {}", self.describe());
-            }
         }
     }
 

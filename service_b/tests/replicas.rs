@@ -185,4 +185,16 @@ fn a_name_means_all_its_addresses_and_is_resolved_again() {
         before,
         "old replicas still called"
     );
+
+    // The first comes back under the name: it is called again.
+    *answer.lock().expect("lock") = vec![one.addr(), three.addr()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while echoes(one.addr()) == before.0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(call_many(b.addr(), 2), vec![]);
+    }
+    assert!(
+        echoes(one.addr()) > before.0,
+        "a returning address is not called again"
+    );
 }

@@ -581,6 +581,9 @@ struct Head {
 struct Reader<'a> {
     stream: &'a TcpStream,
     timeout: Option<Duration>,
+    /// Where each read lands before what arrived is appended to the request buffer; zeroed
+    /// once per connection, not once per read.
+    chunk: [u8; 8192],
 }
 
 impl<'a> Reader<'a> {
@@ -588,6 +591,7 @@ impl<'a> Reader<'a> {
         Reader {
             stream,
             timeout: None,
+            chunk: [0u8; 8192],
         }
     }
 
@@ -600,11 +604,10 @@ impl<'a> Reader<'a> {
             }
             self.timeout = Some(timeout);
         }
-        let mut chunk = [0u8; 8192];
-        match (&*self.stream).read(&mut chunk) {
+        match (&*self.stream).read(&mut self.chunk) {
             Ok(0) | Err(_) => false,
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
+                buf.extend_from_slice(&self.chunk[..n]);
                 true
             }
         }

@@ -1,4 +1,4 @@
-//! The loopback ceiling of the benchmark (SPEC §8): the fastest *trivial* HTTP/1.1 server we
+//! The loopback ceiling of the benchmark: the fastest *trivial* HTTP/1.1 server we
 //! can write in a few lines, so that A and B can be reported as a share of what this machine
 //! does over loopback at all.
 //!
@@ -11,6 +11,8 @@
 //!
 //! Usage: `bench_ceiling [--listen 127.0.0.1:0] [--max-secs 900]`; prints
 //! `listening on http://IP:PORT` once bound.
+
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};

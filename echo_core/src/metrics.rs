@@ -40,6 +40,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
+    refused: Counter,
 }
 
 impl Default for Metrics {
@@ -61,10 +62,17 @@ impl Metrics {
             "Time from receiving a request to having written its answer",
             duration.clone(),
         );
+        let refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed at once: --max-connections were open",
+            refused.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
+            refused,
         }
     }
 
@@ -87,6 +95,12 @@ impl Metrics {
         self.duration
             .get_or_create(&RouteLabels { method, route })
             .observe(seconds);
+    }
+
+    /// Records a connection refused over the limit: it never reaches a handler, so it is in
+    /// no request count, and an operator needs to see that the limit is being hit.
+    pub fn refused(&self) {
+        self.refused.inc();
     }
 
     /// The `/metrics` answer.

@@ -304,6 +304,17 @@ impl Shared {
         let response = Response::error(503, "Too many connections");
         let _ = (&*stream).write_all(&encode(&response, &id, false, true));
         let _ = stream.shutdown(Shutdown::Write);
+        // Closing with unread bytes would reset the connection, and a reset can destroy the
+        // 503 before the client reads it: take what has arrived, without waiting (this is
+        // the accept thread).
+        let (mut drained, mut sink) = (0, [0u8; 4096]);
+        while drained < LINGER_BYTES {
+            match (&*stream).read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        self.metrics.refused();
         log::warn!(target: self.name, "- - 503 0.00ms request_id={id} refused: {} connections open", self.max_connections);
     }
 

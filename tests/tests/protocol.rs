@@ -533,7 +533,8 @@ fn obs_fold_header_is_400() {
     assert_eq!(reply.status, 400);
 }
 
-/// Guards: connections had no bound; past `--max-connections` a new one gets 503 and the close.
+/// Guards: connections had no bound; past `--max-connections` a new one gets 503 and the close,
+/// and is counted in `/metrics`.
 #[test]
 fn connections_beyond_the_limit_get_503_until_some_close() {
     let a = start_a(&["--max-connections", "8"]);
@@ -566,6 +567,18 @@ fn connections_beyond_the_limit_get_503_until_some_close() {
         got.text()
     );
     assert!(rest.is_empty() && got.closed, "{got:?}");
+    // The refusal is counted, and one of the held connections can still ask.
+    let mut held = held;
+    held[0]
+        .get_mut()
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let metrics = read_reply(&mut held[0]).expect("the metrics");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.lines().any(|l| l == "connections_refused_total 1"),
+        "{text}"
+    );
 
     drop(held);
     // The server counts a connection until its thread has ended, so poll a little: until

@@ -539,7 +539,7 @@ fn obs_fold_header_is_400() {
 fn connections_beyond_the_limit_get_503_until_some_close() {
     let a = start_a(&["--max-connections", "8"]);
     // Eight connections, each answered once (so each is surely counted), then idle.
-    let held: Vec<BufReader<TcpStream>> = (0..8)
+    let mut held: Vec<BufReader<TcpStream>> = (0..8)
         .map(|i| {
             let mut s = connect(a.addr, WAIT);
             s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -568,7 +568,6 @@ fn connections_beyond_the_limit_get_503_until_some_close() {
     );
     assert!(rest.is_empty() && got.closed, "{got:?}");
     // The refusal is counted, and one of the held connections can still ask.
-    let mut held = held;
     held[0]
         .get_mut()
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -66,6 +66,9 @@ pub struct Response {
     /// How long to wait before sending it (fault injection): a sleep on the connection's
     /// own thread, which holds up no other connection.
     pub delay: Duration,
+    /// `key=value` fields the access line carries after the request id, such as the replica
+    /// of Service A that B's answer came from: the handler knows them, the server logs.
+    pub log_fields: Vec<(&'static str, String)>,
 }
 
 impl Response {
@@ -78,6 +81,7 @@ impl Response {
             content_type: "application/json",
             headers: Vec::new(),
             delay: Duration::ZERO,
+            log_fields: Vec::new(),
         }
     }
 
@@ -98,6 +102,13 @@ impl Response {
     /// Adds a header such as `Allow` or `Retry-After`.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Adds `name=value` to the access line of this answer (values are ours, not a
+    /// client's: the logger escapes control characters anyway).
+    pub fn with_log_field(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.log_fields.push((name, value.into()));
         self
     }
 

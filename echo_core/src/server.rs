@@ -7,6 +7,7 @@
 //! pool, one connection's loop, the request head's rules, and writing an answer.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -498,7 +499,19 @@ impl Shared {
         self.metrics
             .observe(method, response.route, status, seconds);
         let ms = seconds * 1000.0;
-        log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}");
+        let fields = LogFields(&response.log_fields);
+        log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}{fields}");
+    }
+}
+
+/// The handler's extra fields of an access line, each as ` name=value`.
+struct LogFields<'a>(&'a [(&'static str, String)]);
+
+impl fmt::Display for LogFields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .iter()
+            .try_for_each(|(name, value)| write!(f, " {name}={value}"))
     }
 }
 

@@ -319,6 +319,7 @@ impl ServiceB {
             Ok(echo) => {
                 log::info!(target: "service_b", "call to Service A ok: GET {url} replica={name} timeout={timeout_ms}ms status=200 {ms:.2}ms request_id={id}");
                 Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
+                    .with_log_field("replica", name)
             }
             Err(e) => {
                 let verb = match e {
@@ -327,7 +328,7 @@ impl ServiceB {
                 };
                 log::warn!(target: "service_b", "call to Service A {verb}: GET {url} replica={name} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
                 let body = json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() });
-                let response = Response::json(503, &body);
+                let response = Response::json(503, &body).with_log_field("replica", name);
                 match e.retry_after() {
                     Some(secs) => response.with_header("Retry-After", secs.to_string()),
                     None => response,

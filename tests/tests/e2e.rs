@@ -60,7 +60,7 @@ fn every_log_line_has_the_seed_format() {
     )
     .expect("regex");
     let access = Regex::new(
-        r" (INFO|WARN) service_[ab] [A-Z]+ /\S* \d{3} \d+\.\d{2}ms request_id=[A-Za-z0-9._-]{1,128}$",
+        r" (INFO|WARN) service_[ab] [A-Z]+ /\S* \d{3} \d+\.\d{2}ms request_id=[A-Za-z0-9._-]{1,128}( replica=\S+)?$",
     )
     .expect("regex");
     for (lines, name) in [(&a_lines, "service_a"), (&b_lines, "service_b")] {
@@ -85,15 +85,20 @@ fn every_log_line_has_the_seed_format() {
             "{lines:#?}"
         );
     }
+    // B's access line of a call names the replica of A it went to (none: no call made).
+    let a_addr = format!(
+        " replica={}",
+        a_lines[1].rsplit("http://").next().unwrap_or("?")
+    );
     assert!(b_lines
         .iter()
-        .any(|l| l.contains("INFO service_b GET /call-echo 200 ")));
+        .any(|l| l.contains("INFO service_b GET /call-echo 200 ") && l.ends_with(&a_addr)));
     assert!(b_lines
         .iter()
-        .any(|l| l.contains("INFO service_b GET /nope 404 ")));
+        .any(|l| l.contains("INFO service_b GET /nope 404 ") && !l.contains(" replica=")));
     assert!(b_lines
         .iter()
-        .any(|l| l.contains("WARN service_b GET /call-echo 503 ")));
+        .any(|l| l.contains("WARN service_b GET /call-echo 503 ") && l.ends_with(&a_addr)));
     let call_ok = b_lines
         .iter()
         .find(|l| l.contains("call to Service A ok"))

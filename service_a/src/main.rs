@@ -11,7 +11,7 @@ use service_a::Config;
 
 /// Service A: echoes ?msg= back as JSON. Every flag also reads its environment variable.
 #[derive(Parser)]
-#[command(name = "service_a", version, after_help = echo_core::server::LIMITS_HELP)]
+#[command(name = "service_a", version, after_help = echo_core::server::limits_help())]
 struct Cli {
     /// Address to listen on (IP:PORT; port 0 picks a free port).
     #[arg(long, env = "SERVICE_A_LISTEN", default_value_t = Config::default().listen)]

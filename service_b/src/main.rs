@@ -12,7 +12,7 @@ use service_b::Config;
 /// Service B: calls Service A and reports its failures as 503. Every flag also reads its
 /// environment variable.
 #[derive(Parser)]
-#[command(name = "service_b", version, after_help = echo_core::server::LIMITS_HELP)]
+#[command(name = "service_b", version, after_help = echo_core::server::limits_help())]
 struct Cli {
     /// Address to listen on (IP:PORT; port 0 picks a free port).
     #[arg(long, env = "SERVICE_B_LISTEN", default_value_t = Config::default().listen)]

@@ -4,30 +4,27 @@
 # answer 503 `timeout` within the deadline plus 0.3 s while /health stays 200), brings it
 # back up (200 again within the breaker cooldown plus 1 s), and prints what it measured.
 # Needs root and iproute2; prints SKIP and exits 0 where namespaces cannot be created.
+# Runs the debug build (built first, if needed) or the binaries in ECHO_BIN_DIR.
 # Traffic stays inside the two namespaces (link-local 169.254.77.0/30).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
+source "$(dirname "$0")/../scripts/lib.sh"
 
 TIMEOUT_MS=1000
 COOLDOWN_MS=2000
 ns_a="echo-a-$$" ns_b="echo-b-$$" if_a="ea$$" if_b="eb$$"
 ip_a=169.254.77.1 ip_b=169.254.77.2
 logs=$(mktemp -d)
-pids=()
-failed=0
 
-skip() { echo "SKIP: two-host test: $*"; exit 0; }
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; failed=1; }
+skip_test() { echo "SKIP: two-host test: $*"; exit 0; }
 
-[ "$(id -u)" = 0 ] || skip "needs root"
-command -v ip >/dev/null || skip "needs iproute2 (ip)"
-command -v curl >/dev/null || skip "needs curl"
-ip netns add "$ns_a" 2>/dev/null || skip "network namespaces cannot be created here"
+[ "$(id -u)" = 0 ] || skip_test "needs root"
+command -v ip >/dev/null || skip_test "needs iproute2 (ip)"
+command -v curl >/dev/null || skip_test "needs curl"
+ip netns add "$ns_a" 2>/dev/null || skip_test "network namespaces cannot be created here"
 
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_all
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
   rm -rf "$logs"
@@ -48,26 +45,16 @@ ip -n "$ns_b" link set "$if_b" up
 mac_a=$(ip -n "$ns_a" -o link show "$if_a" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
 ip -n "$ns_b" neigh replace "$ip_a" lladdr "$mac_a" dev "$if_b" nud permanent
 
-bin=${BIN_DIR:-target/debug}
-if [ ! -x "$bin/service_a" ] || [ ! -x "$bin/service_b" ]; then
-  cargo build -q -p service_a -p service_b
-fi
-
-wait_listening() { # wait_listening LOGFILE
-  for _ in $(seq 1 200); do
-    grep -q "listening on http://" "$1" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "no 'listening on' line in $1:"; cat "$1"; return 1
+build_services --quiet || { echo "two-host test: $LIB_ERROR"; exit 1; }
+# start LOG NAMESPACE COMMAND...: start_service in that namespace, or end the test.
+start() {
+  local log=$1 ns=$2
+  shift 2
+  start_service "$log" ip netns exec "$ns" "$@" || { echo "two-host test: ${1##*/} $LIB_ERROR"; exit 1; }
 }
-
-ip netns exec "$ns_a" "$bin/service_a" --listen "$ip_a:8080" >"$logs/a.log" 2>&1 &
-pids+=($!)
-ip netns exec "$ns_b" "$bin/service_b" --listen "$ip_b:8081" --service-a-url "http://$ip_a:8080" \
-  --timeout-ms "$TIMEOUT_MS" --breaker-cooldown-ms "$COOLDOWN_MS" >"$logs/b.log" 2>&1 &
-pids+=($!)
-wait_listening "$logs/a.log"
-wait_listening "$logs/b.log"
+start "$logs/a.log" "$ns_a" "$A_BIN" --listen "$ip_a:8080" --log-level info
+start "$logs/b.log" "$ns_b" "$B_BIN" --listen "$ip_b:8081" --service-a-url "http://$ip_a:8080" \
+  --timeout-ms "$TIMEOUT_MS" --breaker-cooldown-ms "$COOLDOWN_MS" --log-level info
 
 # call PATH: prints "STATUS SECONDS BODY" for a request from inside B's namespace.
 call() {
@@ -117,7 +104,7 @@ else
   fail "not 200 within ${limit}s after the link came up (${recovered:-never})"
 fi
 
-if [ "$failed" != 0 ]; then
+if [ "$FAILED" != 0 ]; then
   echo "--- B's log"; tail -n 30 "$logs/b.log"
   echo "two-host test: FAILED"; exit 1
 fi

@@ -34,6 +34,31 @@ pub fn parse<C: Parser>(name: &str) -> C {
     }
 }
 
+/// The config line every service logs at start, `config: key=value …`, from its `Config` as
+/// serialized (fields in declaration order; an unset optional one shows as `default`), so a
+/// new field is in the line without anyone writing it there.
+pub fn config_line(config: &impl serde::Serialize) -> String {
+    let fields = match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => return "config: (cannot be shown)".to_string(),
+    };
+    let mut line = String::from("config:");
+    for (key, value) in fields {
+        let value = match value {
+            serde_json::Value::Null => "default".to_string(),
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        };
+        line.push_str(&format!(" {key}={value}"));
+    }
+    line
+}
+
 /// Parses a log level for `--log-level` (off, error, warn, info, debug, trace).
 pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
     s.parse()

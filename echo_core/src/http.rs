@@ -57,11 +57,15 @@ impl Request {
 /// server wrapper adds the headers every response carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
     /// The route that answered (`None` for a 404), the `route` label of the metrics.
     pub route: Option<&'static str>,
+    /// The body: JSON, or the text of `content_type`.
     pub body: String,
+    /// `application/json` unless the answer is text (the metrics exposition).
     pub content_type: &'static str,
+    /// Headers of this answer beyond those every answer carries (`Allow`, `Retry-After`).
     pub headers: Vec<(&'static str, String)>,
     /// How long to wait before sending it (fault injection): a sleep on the connection's
     /// own thread, which holds up no other connection.

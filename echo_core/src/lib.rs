@@ -3,10 +3,11 @@
 //! format ([`logging`]), the metrics ([`metrics`]) and the process entry point ([`cli`]).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod cli;
 pub mod http;
-pub mod logging;
+mod logging;
 pub mod metrics;
 pub mod server;
 

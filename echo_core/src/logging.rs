@@ -21,7 +21,7 @@ use simplelog::{format_description, ConfigBuilder, WriteLogger};
 
 /// Installs the process-wide logger on stdout. Later calls (tests starting several services)
 /// keep the first logger.
-pub fn init(level: LevelFilter) {
+pub(crate) fn init(level: LevelFilter) {
     let config = ConfigBuilder::new()
         .set_time_format_custom(format_description!(
             "[year]-[month]-[day] [hour]:[minute]:[second]"
@@ -38,21 +38,21 @@ pub fn init(level: LevelFilter) {
         .try_clone_to_owned()
         .ok()
         .map(File::from);
-    if log::set_boxed_logger(Box::new(SeedFormat { inner, out })).is_ok() {
+    if log::set_boxed_logger(Box::new(LineLogger { inner, out })).is_ok() {
         log::set_max_level(level);
     }
 }
 
 /// Everything after the time: `LEVEL name message`, with control characters escaped so that
 /// nothing a client sends can end the line early or forge another one.
-pub fn format_line(level: log::Level, target: &str, message: &str) -> String {
+pub(crate) fn format_line(level: log::Level, target: &str, message: &str) -> String {
     let name = target.split("::").next().unwrap_or(target);
     format!("{level} {} {}", escape(name), escape(message))
 }
 
 /// Escapes control characters (and the Unicode line and paragraph separators) as `\n`,
 /// `\u{1b}`, …; borrows when there is nothing to escape, which is the common case.
-pub fn escape(s: &str) -> Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     let needs = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
     if !s.chars().any(needs) {
         return Cow::Borrowed(s);
@@ -87,12 +87,12 @@ impl Write for ThreadBuffer {
     }
 }
 
-struct SeedFormat {
+struct LineLogger {
     inner: Box<WriteLogger<ThreadBuffer>>,
     out: Option<File>,
 }
 
-impl Log for SeedFormat {
+impl Log for LineLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         self.inner.enabled(metadata)
     }

@@ -50,6 +50,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics every service has, in a registry the service may add its own to.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();

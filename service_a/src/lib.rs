@@ -6,6 +6,7 @@
 //! share of calls (`--seed`), and a caller may ask for `delay_ms` and `status` per request.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use serde_json::json;
 
 /// Service A's settings. [`Config::default`] is the documented default of every flag;
 /// tests build it directly, and only `main.rs` knows the command line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8080`.
     pub listen: String,
@@ -64,8 +65,9 @@ impl Config {
     }
 }
 
-/// A reproducible sequence of draws in [0, 1): SplitMix64 over a shared counter, so the
-/// n-th `/echo` call gets the same draw for the same seed, with no lock.
+/// A reproducible sequence of draws in [0, 1): the n-th `/echo` call gets the n-th draw of
+/// the seed's sequence, with no lock. fastrand's generator (wyrand) steps its state by a
+/// constant, so the n-th draw is the first draw of a generator seeded n steps on.
 #[derive(Debug)]
 struct Draws {
     seed: u64,
@@ -73,15 +75,12 @@ struct Draws {
 }
 
 impl Draws {
+    /// wyrand's step: its state grows by this for each number drawn.
+    const STEP: u64 = 0xa076_1d64_78bd_642f;
+
     fn draw(&self) -> f64 {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut z = self
-            .seed
-            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        fastrand::Rng::with_seed(self.seed.wrapping_add(n.wrapping_mul(Self::STEP))).f64()
     }
 }
 
@@ -99,9 +98,7 @@ pub struct ServiceA {
 impl ServiceA {
     /// Builds the service with its own metrics (see [`ServiceA::metrics_handle`]).
     pub fn new(config: &Config) -> ServiceA {
-        let seed = config.seed.unwrap_or_else(|| {
-            u64::from_str_radix(&echo_core::http::new_request_id(), 16).unwrap_or(0)
-        });
+        let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
         ServiceA {
             delay: Duration::from_millis(config.delay_ms),
             max_delay: Duration::from_millis(config.max_delay_ms),
@@ -184,14 +181,12 @@ fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String>
 }
 
 /// Starts Service A; the handle gives the bound address and stops it.
-pub fn spawn(config: Config) -> io::Result<ServerHandle> {
+pub fn spawn(mut config: Config) -> io::Result<ServerHandle> {
     let listener = echo_core::server::bind(&config.listen)?;
-    let max_connections = config
+    let max_connections = *config
         .max_connections
-        .unwrap_or_else(|| echo_core::server::default_max_connections(1));
-    log::info!(target: "service_a", "config: listen={} max_connections={max_connections} delay_ms={} fail_rate={} fail_status={} seed={} max_delay_ms={} log_level={}",
-        config.listen, config.delay_ms, config.fail_rate, config.fail_status,
-        config.seed.map_or("random".to_string(), |s| s.to_string()), config.max_delay_ms, config.log_level);
+        .get_or_insert_with(|| echo_core::server::default_max_connections(1));
+    log::info!(target: "service_a", "{}", echo_core::cli::config_line(&config));
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
     echo_core::serve(

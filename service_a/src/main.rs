@@ -1,5 +1,5 @@
-//! `service_a`: parse the command line into a [`Config`], start, wait for SIGTERM/SIGINT,
-//! stop. The defaults are [`Config::default`]'s.
+//! `service_a`: the command line becomes a [`Config`] (every default is
+//! [`Config::default`]'s), then start, wait for a signal, stop.
 
 #![forbid(unsafe_code)]
 
@@ -9,18 +9,21 @@ use clap::Parser;
 use log::LevelFilter;
 use service_a::Config;
 
-/// Service A: echoes ?msg= back as JSON. Every flag also reads its environment variable.
+/// Service A: echoes ?msg= back as JSON. Each flag but --check also reads the environment
+/// variable shown with it.
 #[derive(Parser)]
 #[command(name = "service_a", version, after_help = echo_core::server::limits_help())]
 struct Cli {
     /// Address to listen on (IP:PORT; port 0 picks a free port).
     #[arg(long, env = "SERVICE_A_LISTEN", default_value_t = Config::default().listen)]
     listen: String,
-    /// Delay every /echo by this many milliseconds (the timeout demo).
-    #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = Config::default().delay_ms)]
+    /// Delay every /echo by this many milliseconds, the timeout demo (at most 600000).
+    #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = Config::default().delay_ms,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
     delay_ms: u64,
     /// Fail this share of /echo calls (0.0 to 1.0) with --fail-status.
-    #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = 0.0, value_parser = rate)]
+    #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = Config::default().fail_rate,
+          value_parser = rate)]
     fail_rate: f64,
     /// The status of an injected failure (400 to 599).
     #[arg(long, env = "SERVICE_A_FAIL_STATUS", default_value_t = Config::default().fail_status,
@@ -29,20 +32,23 @@ struct Cli {
     /// Seed of the failure sequence, so a run can be repeated [default: random].
     #[arg(long, env = "SERVICE_A_SEED")]
     seed: Option<u64>,
-    /// Largest per-request `delay_ms` honoured; larger values are capped to it.
-    #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = Config::default().max_delay_ms)]
+    /// Largest per-request `delay_ms` honoured; larger asks are capped to it (at most 600000).
+    #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = Config::default().max_delay_ms,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
     max_delay_ms: u64,
-    /// Open connections at most; beyond, a new one gets 503 [default: the open-file limit
-    /// less 64 (a quarter if smaller), at most 10000].
-    #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Open connections at most (1 to 1000000); beyond, a new one gets 503 [default: the
+    /// open-file limit less 64 (a quarter if smaller), at most 10000].
+    #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Log level: off, error, warn, info, debug or trace.
+    #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value_t = Config::default().log_level,
+          value_parser = echo_core::cli::parse_level)]
+    log_level: LevelFilter,
     /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the
     /// container health check, with no shell or curl needed.
     #[arg(long)]
     check: bool,
-    /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value = "info", value_parser = echo_core::cli::parse_level)]
-    log_level: LevelFilter,
 }
 
 fn rate(s: &str) -> Result<f64, String> {

@@ -1,17 +1,19 @@
-//! The process entry point both `main.rs` files call: parse flags, start, wait for SIGTERM
-//! or SIGINT, stop gracefully. Errors are one line on stderr and a non-zero exit.
+//! The process entry point both `main.rs` files call: parse flags, start, wait for a signal,
+//! drain and stop gracefully. Errors are one line on stderr and a non-zero exit.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
 use log::LevelFilter;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::logging::LogFormat;
 use crate::server::ServerHandle;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
@@ -65,19 +67,32 @@ pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
 }
 
-/// Installs the logger, starts the service, waits for SIGTERM or SIGINT and shuts down
-/// within [`SHUTDOWN_GRACE`]. A start failure (port in use, bad address) is one line on
-/// stderr and exit code 1.
+/// The exit code when the grace period ran out with requests still in flight (they were
+/// dropped); 0 is a clean stop, 1 a failed start, 2 a bad command line.
+pub const EXIT_DROPPED: u8 = 3;
+
+/// Installs the logger, starts the service and waits for a signal:
+/// - SIGTERM or SIGHUP (an orchestrator, a process manager, a closed terminal): drain for
+///   `drain` first — `/ready` answers 503 at once and every answer closes its connection,
+///   while the service keeps accepting and serving, so that callers move away without a
+///   failed call — then stop;
+/// - SIGINT (Ctrl-C), or a second signal during the drain: stop now.
+///
+/// Stopping: no longer accept, let in-flight requests finish within [`SHUTDOWN_GRACE`],
+/// exit 0, or [`EXIT_DROPPED`] when some were still in flight. A start failure (port in
+/// use, bad address) is one line on stderr and exit code 1.
 pub fn run(
     name: &'static str,
     level: LevelFilter,
+    format: LogFormat,
+    drain: Duration,
     start: impl FnOnce() -> io::Result<ServerHandle>,
 ) -> ExitCode {
-    crate::logging::init(level);
+    crate::logging::init(level, format);
     log_panics(name);
     raise_open_file_limit(name);
     // Registered before starting, so a signal that arrives during start-up is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => return fail(name, &format!("cannot install signal handlers: {e}")),
     };
@@ -85,19 +100,50 @@ pub fn run(
         Ok(handle) => handle,
         Err(e) => return fail(name, &e.to_string()),
     };
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let signal = if signal == SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    };
-    handle.stop_accepting();
-    log::info!(target: name, "{signal} received: no longer accepting, finishing in-flight requests (at most {}s)", SHUTDOWN_GRACE.as_secs());
-    match handle.shutdown(SHUTDOWN_GRACE) {
-        0 => log::info!(target: name, "stopped"),
-        n => log::warn!(target: name, "stopped with {n} request(s) still in flight"),
+    let received = forward(signals);
+    let signal = received.recv().unwrap_or(SIGTERM);
+    if signal != SIGINT && !drain.is_zero() {
+        handle.drain();
+        log::info!(target: name, "{} received: draining for {}ms (/ready answers 503, every answer closes its connection), then stopping", signal_name(signal), drain.as_millis());
+        if let Ok(again) = received.recv_timeout(drain) {
+            log::info!(target: name, "{} received: ending the drain early", signal_name(again));
+        }
     }
-    ExitCode::SUCCESS
+    handle.stop_accepting();
+    log::info!(target: name, "{} received: no longer accepting, finishing in-flight requests (at most {}s)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
+    match handle.shutdown(SHUTDOWN_GRACE) {
+        0 => {
+            log::info!(target: name, "stopped: every accepted request was answered");
+            ExitCode::SUCCESS
+        }
+        n => {
+            log::warn!(target: name, "stopped with {n} request(s) dropped: still in flight after {}s", SHUTDOWN_GRACE.as_secs());
+            ExitCode::from(EXIT_DROPPED)
+        }
+    }
+}
+
+/// The signals as they arrive, from a thread that waits for them.
+fn forward(mut signals: Signals) -> mpsc::Receiver<i32> {
+    let (tx, rx) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    return;
+                }
+            }
+        });
+    rx
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        _ => "SIGTERM",
+    }
 }
 
 /// A panic (a handler's is answered 500 and caught; any other ends its thread) becomes one

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::trace::Trace;
+
 /// A request as a handler sees it: the method, the raw path and query, and the request id
 /// already chosen by the request-id rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,34 @@ pub struct Request {
     pub query: String,
     /// The id this request is logged and answered with.
     pub request_id: String,
+    /// The trace it belongs to, and this service's span in it.
+    pub trace: Trace,
+    /// How long the caller will wait for the answer, from when the request was read (the
+    /// [`TIMEOUT_HEADER`] it sent); `None` when it did not say.
+    pub budget: Option<Duration>,
+    /// The service is draining before it stops: readiness fails, every answer closes its
+    /// connection.
+    pub draining: bool,
+}
+
+/// The header in which a caller says how many milliseconds it will wait for the answer:
+/// what is left of its deadline when it sends the request (as gRPC's `grpc-timeout` and
+/// Envoy's `x-envoy-expected-rq-timeout-ms` do). B sends it to A; A refuses at once work it
+/// cannot finish in time.
+pub const TIMEOUT_HEADER: &str = "X-Request-Timeout-Ms";
+
+/// The header a service adds to a 504 that refused work because the caller's
+/// [`TIMEOUT_HEADER`] was too short, so the caller can tell it from any other 504.
+pub const DEADLINE_EXCEEDED_HEADER: &str = "X-Deadline-Exceeded";
+
+/// A [`TIMEOUT_HEADER`] value: a whole number of milliseconds (at most 9 digits); anything
+/// else is ignored, as if the header were absent.
+pub fn parse_budget(value: &str) -> Option<Duration> {
+    let value = value.trim_matches([' ', '\t']);
+    if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().map(Duration::from_millis)
 }
 
 impl Request {
@@ -35,6 +65,9 @@ impl Request {
             path: path.to_string(),
             query: query.to_string(),
             request_id: request_id.to_string(),
+            trace: Trace::start(),
+            budget: None,
+            draining: false,
         }
     }
 
@@ -323,6 +356,15 @@ mod tests {
             assert_eq!(decode_query(&query).unwrap()[0].1, s);
         }
         assert_eq!(form_encode("a b&c"), "a+b%26c");
+    }
+
+    #[test]
+    fn budgets_are_whole_milliseconds() {
+        assert_eq!(parse_budget("1999"), Some(Duration::from_millis(1999)));
+        assert_eq!(parse_budget(" 0\t"), Some(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "1e3", "0x10", "1234567890", "\u{a0}5"] {
+            assert_eq!(parse_budget(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,27 +1,86 @@
-//! The log format of the contract, written once: the seed's
-//! `%(asctime)s %(levelname)s %(name)s %(message)s`, e.g.
-//! `2024-01-01 12:00:00 INFO service_b GET /call-echo 200 45.23ms request_id=…`.
+//! Every log line of both services, written in one place, in one of two formats:
+//! - `text` (the default), the original Flask project's `%(asctime)s %(levelname)s %(name)s
+//!   %(message)s`: `2024-01-01 12:00:00 INFO service_b GET /call-echo 200 45.23ms
+//!   request_id=…`. simplelog writes the time (UTC) and the line; its own `[LEVEL]` and
+//!   `target:` columns are off and [`format_line`] supplies the level and name columns. A
+//!   record's key-value fields follow the message as ` key=value`, except those the message
+//!   already shows ([`IN_MESSAGE`]).
+//! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`,
+//!   escaped by serde_json.
 //!
-//! simplelog writes the time (UTC) and the line; its own `[LEVEL]` and `target:` columns are
-//! switched off and [`format_line`] supplies the seed's level and name columns instead.
-//! simplelog formats into a per-thread buffer under its lock, and the finished line goes to
-//! stdout in one `write` outside any lock: holding a lock across that system call made every
-//! connection thread queue behind it (two futex calls a request, a tenth of A's throughput). The
-//! name is the first segment of the record's target, so each service logs with
-//! `target: "service_a"` and both can share one process in tests.
+//! No line is ever torn or interleaved: each goes out in one `write` of at most
+//! [`MAX_LINE`] bytes, which a pipe (every container's stdout) keeps whole among any number
+//! of writers; a longer line has its longest part cut in the middle, the cut's length noted.
+//! Nothing a client sends can start a new line: text lines escape control characters, JSON
+//! escapes them by its rules. Lines are formatted into a per-thread buffer and written
+//! outside any lock: holding a lock across that system call made every connection thread
+//! queue behind it. The service name is the first segment of the record's target.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::str::FromStr;
 
+use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
+use serde_json::{Map, Value as Json};
 use simplelog::{format_description, ConfigBuilder, WriteLogger};
+
+/// The longest line written, its newline included: `PIPE_BUF` on Linux, the most one `write`
+/// to a pipe delivers without interleaving it with another writer's.
+pub const MAX_LINE: usize = 4096;
+
+/// The fields a text line's message already shows: not appended again.
+pub const IN_MESSAGE: [&str; 9] = [
+    "method",
+    "path",
+    "status",
+    "latency_ms",
+    "url",
+    "timeout_ms",
+    "upstream_status",
+    "kind",
+    "error",
+];
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// The original project's text line.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format '{s}' (text, json)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
 
 /// Installs the process-wide logger on stdout. Later calls (tests starting several services)
 /// keep the first logger.
-pub(crate) fn init(level: LevelFilter) {
+pub(crate) fn init(level: LevelFilter, format: LogFormat) {
     let config = ConfigBuilder::new()
         .set_time_format_custom(format_description!(
             "[year]-[month]-[day] [hour]:[minute]:[second]"
@@ -31,23 +90,32 @@ pub(crate) fn init(level: LevelFilter) {
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    let inner = WriteLogger::new(level, config, ThreadBuffer);
+    let text = WriteLogger::new(level, config, ThreadBuffer);
     // A duplicate of the stdout descriptor: writes through it take no user-space lock.
     let out = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
         .ok()
         .map(File::from);
-    if log::set_boxed_logger(Box::new(LineLogger { inner, out })).is_ok() {
+    let logger = LineLogger {
+        text,
+        format,
+        level,
+        out,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }
 
-/// Everything after the time: `LEVEL name message`, with control characters escaped so that
-/// nothing a client sends can end the line early or forge another one.
+/// Everything after the time of a text line: `LEVEL name message`, with control characters
+/// escaped so that nothing a client sends can end the line early or forge another one.
 pub(crate) fn format_line(level: log::Level, target: &str, message: &str) -> String {
-    let name = target.split("::").next().unwrap_or(target);
-    format!("{level} {} {}", escape(name), escape(message))
+    format!("{level} {} {}", escape(service(target)), escape(message))
+}
+
+fn service(target: &str) -> &str {
+    target.split("::").next().unwrap_or(target)
 }
 
 /// Escapes control characters (and the Unicode line and paragraph separators) as `\n`,
@@ -68,8 +136,36 @@ pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` at most `max` bytes long: if longer, its middle is replaced by `…[N bytes cut]…`, so
+/// both ends (a request id at the end of a line, say) stay.
+pub(crate) fn cut_middle(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let room = |cut: usize| max.saturating_sub(format!("…[{cut} bytes cut]…").len());
+    let keep = room(s.len());
+    let head = floor_char(s, keep * 3 / 4);
+    let tail = ceil_char(s, s.len() - (keep - head));
+    let note = format!("…[{} bytes cut]…", tail - head);
+    Cow::Owned(format!("{}{note}{}", &s[..head], &s[tail..]))
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
 thread_local! {
-    /// The line simplelog is formatting on this thread.
+    /// The line being formatted on this thread.
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -87,38 +183,148 @@ impl Write for ThreadBuffer {
     }
 }
 
+/// The process's logger: formats a record in the chosen format, writes it in one `write`.
 struct LineLogger {
-    inner: Box<WriteLogger<ThreadBuffer>>,
+    text: Box<WriteLogger<ThreadBuffer>>,
+    format: LogFormat,
+    level: LevelFilter,
     out: Option<File>,
 }
 
-impl Log for LineLogger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.inner.enabled(metadata)
-    }
+/// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
+const TEXT_OVERHEAD: usize = 21;
 
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let line = format_line(record.level(), record.target(), &record.args().to_string());
-        self.inner.log(
+impl LineLogger {
+    fn text_line(&self, record: &Record<'_>) -> Vec<u8> {
+        let mut message = record.args().to_string();
+        let _ = record.key_values().visit(&mut Appended(&mut message));
+        let line = format_line(record.level(), record.target(), &message);
+        let line = cut_middle(&line, MAX_LINE - TEXT_OVERHEAD);
+        self.text.log(
             &Record::builder()
                 .args(format_args!("{line}"))
                 .level(record.level())
                 .target(record.target())
                 .build(),
         );
-        let bytes = LINE.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
-        // One write of a whole line; a pipe keeps lines up to 4 KiB whole among writers.
+        LINE.with(|buf| std::mem::take(&mut *buf.borrow_mut()))
+    }
+
+    fn json_line(&self, record: &Record<'_>) -> Vec<u8> {
+        let mut fields = Map::new();
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        fields.insert("time".into(), Json::String(time));
+        fields.insert("level".into(), Json::String(record.level().to_string()));
+        fields.insert("service".into(), service(record.target()).into());
+        fields.insert("message".into(), record.args().to_string().into());
+        let _ = record.key_values().visit(&mut Collected(&mut fields));
+        json_within(fields, MAX_LINE - 1)
+    }
+}
+
+/// The object as one line of at most `max` bytes (newline added): the longest string value
+/// is cut in the middle until it fits.
+fn json_within(mut fields: Map<String, Json>, max: usize) -> Vec<u8> {
+    for _ in 0..8 {
+        let mut line = serde_json::to_vec(&fields).unwrap_or_default();
+        if line.len() <= max {
+            line.push(b'\n');
+            return line;
+        }
+        let excess = line.len() - max;
+        let longest = fields
+            .iter_mut()
+            .filter_map(|(_, v)| match v {
+                Json::String(s) => Some(s),
+                _ => None,
+            })
+            .max_by_key(|s| s.len());
+        let Some(longest) = longest else { break };
+        // Escaping can make each byte cut count up to six times: cut at least the excess.
+        let target = longest.len().saturating_sub(excess + 32);
+        *longest = cut_middle(longest, target).into_owned();
+    }
+    b"{\"message\":\"(a log line that could not be shortened)\"}\n".to_vec()
+}
+
+/// Appends a record's fields to a text message as ` key=value`, but those it shows already.
+struct Appended<'a>(&'a mut String);
+
+impl<'kvs> VisitSource<'kvs> for Appended<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        if !IN_MESSAGE.contains(&key.as_str()) {
+            use std::fmt::Write as _;
+            let _ = write!(self.0, " {key}={value}");
+        }
+        Ok(())
+    }
+}
+
+/// Collects a record's fields into a JSON object, numbers as numbers.
+struct Collected<'a>(&'a mut Map<String, Json>);
+
+impl<'kvs> VisitSource<'kvs> for Collected<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let json = if let Some(n) = value.to_u64() {
+            Json::from(n)
+        } else if let Some(n) = value.to_i64() {
+            Json::from(n)
+        } else if let Some(x) = value.to_f64() {
+            serde_json::Number::from_f64((x * 100.0).round() / 100.0)
+                .map_or(Json::Null, Json::Number)
+        } else if let Some(b) = value.to_bool() {
+            Json::Bool(b)
+        } else {
+            Json::String(value.to_string())
+        };
+        self.0.insert(key.as_str().to_string(), json);
+        Ok(())
+    }
+}
+
+impl Log for LineLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let bytes = match self.format {
+            LogFormat::Text => self.text_line(record),
+            LogFormat::Json => self.json_line(record),
+        };
+        // One write of a whole line of at most MAX_LINE bytes: never torn on a pipe.
         let _ = match &self.out {
             Some(out) => (&*out).write_all(&bytes),
             None => std::io::stdout().write_all(&bytes),
         };
     }
 
-    fn flush(&self) {
-        self.inner.flush();
+    fn flush(&self) {}
+}
+
+/// Logs one event with key-value fields known only at run time (the access line: the
+/// handler adds its own), as the macros do with fields written in the call.
+pub(crate) fn event(
+    target: &str,
+    level: log::Level,
+    message: fmt::Arguments<'_>,
+    fields: &dyn Source,
+) {
+    let logger = log::logger();
+    let metadata = Metadata::builder().level(level).target(target).build();
+    if level <= log::max_level() && logger.enabled(&metadata) {
+        logger.log(
+            &Record::builder()
+                .metadata(metadata)
+                .args(message)
+                .key_values(fields)
+                .build(),
+        );
     }
 }
 
@@ -154,5 +360,22 @@ mod tests {
         assert!(line.contains(r"hi\n2024"));
         assert!(line.contains(r"\u{1b}[31m"));
         assert_eq!(escape("plain é 😀 \\n"), Cow::Borrowed("plain é 😀 \\n"));
+    }
+
+    #[test]
+    fn long_lines_are_cut_in_the_middle_with_the_cut_noted() {
+        let long = format!("GET /{} 200 1.00ms request_id=end", "é".repeat(5000));
+        let cut = cut_middle(&long, 4000);
+        assert!(cut.len() <= 4000, "{}", cut.len());
+        assert!(cut.starts_with("GET /é") && cut.ends_with("request_id=end"));
+        assert!(cut.contains(" bytes cut]…"), "{cut}");
+        assert_eq!(cut_middle("short", 10), Cow::Borrowed("short"));
+        let mut fields = Map::new();
+        fields.insert("message".into(), Json::String("\n".repeat(10_000)));
+        fields.insert("request_id".into(), Json::String("id".into()));
+        let line = json_within(fields, MAX_LINE - 1);
+        assert!(line.len() <= MAX_LINE, "{}", line.len());
+        let back: Json = serde_json::from_slice(&line).unwrap_or_default();
+        assert_eq!(back["request_id"], "id");
     }
 }

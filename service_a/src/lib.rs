@@ -38,6 +38,11 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Log level. Default `info`.
     pub log_level: LevelFilter,
+    /// Log line format. Default `text`.
+    pub log_format: echo_core::LogFormat,
+    /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
+    /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
+    pub drain_ms: u64,
 }
 
 impl Default for Config {
@@ -51,6 +56,8 @@ impl Default for Config {
             max_delay_ms: 10_000,
             max_connections: None,
             log_level: LevelFilter::Info,
+            log_format: echo_core::LogFormat::Text,
+            drain_ms: 5000,
         }
     }
 }
@@ -124,13 +131,20 @@ impl ServiceA {
             req,
             &[
                 ("/health", |_, _| echo_core::http::health()),
-                ("/ready", |_, _| {
-                    Response::json(200, &json!({ "status": "ready" }))
-                }),
+                ("/ready", Self::ready),
                 ("/echo", Self::echo),
                 ("/metrics", |s, _| s.metrics.render()),
             ],
         )
+    }
+
+    /// Ready whenever it serves, until a drain begins: then 503, so that an orchestrator
+    /// and B's probes send it no new work while it finishes what it has.
+    fn ready(&self, req: &Request) -> Response {
+        match req.draining {
+            false => Response::json(200, &json!({ "status": "ready" })),
+            true => Response::json(503, &json!({ "status": "draining" })),
+        }
     }
 
     fn echo(&self, req: &Request) -> Response {
@@ -139,6 +153,16 @@ impl ServiceA {
             Err(message) => return Response::error(400, &message),
         };
         let delay = self.delay + delay.min(self.max_delay);
+        if let Some(budget) = req.budget.filter(|budget| delay > *budget) {
+            // The caller would give up first: say so now instead of holding this thread.
+            let message = format!(
+                "Deadline too short: this answer takes {} ms, the caller waits {} ms",
+                delay.as_millis(),
+                budget.as_millis()
+            );
+            return Response::error(504, &message)
+                .with_header(echo_core::http::DEADLINE_EXCEEDED_HEADER, "true");
+        }
         let response = if let Some(status) = status {
             log::info!(target: "service_a", "injected status {status} (asked for) request_id={}", req.request_id);
             Response::error(status, &format!("Injected status {status}"))
@@ -305,6 +329,46 @@ mod tests {
             service(&config).handle(&Request::get("/health")).delay,
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn work_longer_than_the_callers_budget_is_refused_at_once() {
+        let mut config = Config::on("127.0.0.1:0");
+        config.delay_ms = 300;
+        let a = service(&config);
+        let mut req = Request::get("/echo?msg=x");
+        req.budget = Some(Duration::from_millis(299));
+        let r = a.handle(&req);
+        assert_eq!((r.status, r.delay), (504, Duration::ZERO));
+        assert_eq!(
+            r.headers,
+            vec![(
+                echo_core::http::DEADLINE_EXCEEDED_HEADER,
+                "true".to_string()
+            )]
+        );
+        req.budget = Some(Duration::from_millis(300));
+        let r = a.handle(&req);
+        assert_eq!((r.status, r.delay), (200, Duration::from_millis(300)));
+        // Without a budget, as before; /health is never refused.
+        assert_eq!(a.handle(&Request::get("/echo?msg=x")).status, 200);
+        let mut health = Request::get("/health");
+        health.budget = Some(Duration::ZERO);
+        assert_eq!(a.handle(&health).status, 200);
+    }
+
+    #[test]
+    fn ready_fails_while_draining() {
+        let a = service(&Config::on("127.0.0.1:0"));
+        let mut req = Request::get("/ready");
+        req.draining = true;
+        let r = a.handle(&req);
+        assert_eq!(
+            (r.status, r.json_body()),
+            (503, json!({"status": "draining"}))
+        );
+        req.path = "/health".to_string();
+        assert_eq!(a.handle(&req).status, 200);
     }
 
     #[test]

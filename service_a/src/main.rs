@@ -45,6 +45,14 @@ struct Cli {
     #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value_t = Config::default().log_level,
           value_parser = echo_core::cli::parse_level)]
     log_level: LevelFilter,
+    /// Log line format: text (the original project's line) or json (one object a line).
+    #[arg(long, env = "SERVICE_A_LOG_FORMAT", default_value_t = Config::default().log_format)]
+    log_format: echo_core::LogFormat,
+    /// On SIGTERM or SIGHUP, keep serving this long with /ready answering 503 and every
+    /// answer closing its connection, then stop (0 to 600000; SIGINT stops at once).
+    #[arg(long, env = "SERVICE_A_DRAIN_MS", default_value_t = Config::default().drain_ms,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    drain_ms: u64,
     /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the
     /// container health check, with no shell or curl needed.
     #[arg(long)]
@@ -72,6 +80,15 @@ fn main() -> ExitCode {
         max_delay_ms: cli.max_delay_ms,
         max_connections: cli.max_connections.map(|n| n as usize),
         log_level: cli.log_level,
+        log_format: cli.log_format,
+        drain_ms: cli.drain_ms,
     };
-    echo_core::cli::run("service_a", config.log_level, || service_a::spawn(config))
+    let drain = std::time::Duration::from_millis(config.drain_ms);
+    echo_core::cli::run(
+        "service_a",
+        config.log_level,
+        config.log_format,
+        drain,
+        || service_a::spawn(config),
+    )
 }

@@ -74,5 +74,11 @@ fn main() -> ExitCode {
         max_connections: cli.max_connections.map(|n| n as usize),
         log_level: cli.log_level,
     };
-    echo_core::cli::run("service_b", config.log_level, || service_b::spawn(config))
+    echo_core::cli::run(
+        "service_b",
+        config.log_level,
+        echo_core::LogFormat::Text,
+        std::time::Duration::ZERO,
+        || service_b::spawn(config),
+    )
 }

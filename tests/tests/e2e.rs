@@ -26,7 +26,7 @@ fn start_b(a_url: &str, extra: &[&str]) -> Running {
 
 #[test]
 fn every_log_line_has_the_seed_format() {
-    let a = start_a(&[]);
+    let a = start_a(&["--drain-ms", "0"]);
     let b = start_b(&format!("http://{}", a.addr), &["--timeout-ms", "500"]);
     let hi = get(b.addr, "/call-echo?msg=hi");
     assert_eq!(hi.status, 200, "{}", String::from_utf8_lossy(&hi.body));
@@ -60,7 +60,7 @@ fn every_log_line_has_the_seed_format() {
     )
     .expect("regex");
     let access = Regex::new(
-        r" (INFO|WARN) service_[ab] [A-Z]+ /\S* \d{3} \d+\.\d{2}ms request_id=[A-Za-z0-9._-]{1,128}( replica=\S+)?$",
+        r" (INFO|WARN) service_[ab] [A-Z]+ /\S* \d{3} \d+\.\d{2}ms request_id=[A-Za-z0-9._-]{1,128} trace_id=[0-9a-f]{32} span_id=[0-9a-f]{16}( replica=\S+)?$",
     )
     .expect("regex");
     for (lines, name) in [(&a_lines, "service_a"), (&b_lines, "service_b")] {
@@ -79,7 +79,12 @@ fn every_log_line_has_the_seed_format() {
             "listening on http://{}",
             lines[1].rsplit("http://").next().unwrap_or("")
         )));
-        assert!(lines.iter().any(|l| l.ends_with(" stopped")), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with(" stopped: every accepted request was answered")),
+            "{lines:#?}"
+        );
         assert!(
             lines.iter().filter(|l| access.is_match(l)).count() >= 2,
             "{lines:#?}"
@@ -165,7 +170,14 @@ fn a_killed_then_restarted_on_the_same_port() {
 
 #[test]
 fn sigterm_lets_the_in_flight_request_finish() {
-    let mut a = start_a(&["--delay-ms", "1500", "--log-level", "debug"]);
+    let mut a = start_a(&[
+        "--delay-ms",
+        "1500",
+        "--log-level",
+        "debug",
+        "--drain-ms",
+        "0",
+    ]);
     let addr = a.addr;
     // A keep-alive connection, answered once and then idle.
     let mut idle = std::net::TcpStream::connect(addr).expect("connect");
@@ -220,7 +232,9 @@ fn sigterm_lets_the_in_flight_request_finish() {
         "{lines:#?}"
     );
     assert!(
-        lines.last().is_some_and(|l| l.ends_with(" stopped")),
+        lines
+            .last()
+            .is_some_and(|l| l.ends_with(" stopped: every accepted request was answered")),
         "{lines:#?}"
     );
     let served_late = lines.iter().any(|l| l.contains("request_id=late-probe"));

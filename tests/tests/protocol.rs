@@ -6,14 +6,17 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufReader, Cursor, ErrorKind, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echo_tests::{get, raise_own_fd_limit, read_reply, try_send, Reply, Running};
+use echo_tests::{
+    connect, exchange, get, raise_own_fd_limit, read_reply, read_until_close, says_close, try_send,
+    Exchange, Reply, Running,
+};
 use serde_json::json;
 
 /// How long a test waits for any answer before calling it missing.
@@ -26,92 +29,6 @@ fn start_a(extra: &[&str]) -> Running {
     let mut args = vec!["--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     Running::start("service_a", &args)
-}
-
-/// A connection whose reads and writes give up after `limit`.
-fn connect(addr: SocketAddr, limit: Duration) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(limit)).expect("read timeout");
-    stream
-        .set_write_timeout(Some(limit))
-        .expect("write timeout");
-    stream
-}
-
-/// What came back on one connection.
-#[derive(Debug)]
-struct Exchange {
-    /// Every byte read.
-    bytes: Vec<u8>,
-    /// The server closed the connection (end of stream, or a reset after its answer).
-    closed: bool,
-    /// From the write to the close, or to giving up.
-    elapsed: Duration,
-}
-
-impl Exchange {
-    /// The first response in the bytes, and the bytes after it.
-    fn reply(&self) -> (Reply, Vec<u8>) {
-        let mut cursor = Cursor::new(&self.bytes[..]);
-        let reply = read_reply(&mut cursor).unwrap_or_else(|e| {
-            panic!(
-                "no response ({e}) in {:?} after {:?} (closed: {})",
-                String::from_utf8_lossy(&self.bytes),
-                self.elapsed,
-                self.closed
-            )
-        });
-        let rest = self.bytes[cursor.position() as usize..].to_vec();
-        (reply, rest)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes).into_owned()
-    }
-}
-
-/// Reads until the server closes, for at most `limit`.
-fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + limit;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (bytes, false);
-        }
-        stream.set_read_timeout(Some(left)).expect("read timeout");
-        match stream.read(&mut buf) {
-            Ok(0) => return (bytes, true),
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (bytes, false)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // A reset: closed (a server that closes with our bytes unread resets).
-            Err(_) => return (bytes, true),
-        }
-    }
-}
-
-/// Sends `raw` on a new connection and reads until the server closes (at most `limit`).
-fn exchange(addr: SocketAddr, raw: &[u8], limit: Duration) -> Exchange {
-    let mut stream = connect(addr, limit);
-    let started = Instant::now();
-    // The server may answer and close before it has read everything: that is its right.
-    let _ = stream.write_all(raw);
-    let (bytes, closed) = read_until_close(&mut stream, limit);
-    Exchange {
-        bytes,
-        closed,
-        elapsed: started.elapsed(),
-    }
-}
-
-fn says_close(reply: &Reply) -> bool {
-    reply
-        .header("Connection")
-        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
 }
 
 /// Asserts that `raw` gets `status` with `Connection: close`, and then the close, within 1 s.

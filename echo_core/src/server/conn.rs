@@ -4,8 +4,7 @@
 //! cannot reset the last answer away. Pipelined requests are answered in order, and a
 //! client that never reads blocks only this thread, until the write timeout ends it.
 
-use std::fmt;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,12 +12,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use log::kv::{Key, Source, ToValue, Value, VisitSource};
 use log::Level;
 
 use super::wire::{encode, parse_head, Head, Rejection};
 use super::HandlerFn;
-use crate::http::{request_id, Request, Response};
+use crate::http::{parse_budget, request_id, Request, Response};
 use crate::metrics::Metrics;
+use crate::trace::Trace;
 
 /// The whole request head must arrive within this, from its first byte (slowloris).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +42,8 @@ pub(super) struct App {
     pub(super) handler: Box<HandlerFn>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) stopping: AtomicBool,
+    /// Draining before the stop: every answer closes its connection, `/ready` fails.
+    pub(super) draining: AtomicBool,
     /// Requests read and not yet answered.
     pub(super) in_flight: AtomicUsize,
 }
@@ -50,24 +53,29 @@ impl App {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Reads, answers and writes requests in order until the client closes, a timeout
     /// passes, a request asks to close, or a bad request ends the connection.
     pub(super) fn serve(&self, stream: &TcpStream) {
         let mut buf = Vec::new();
         let mut reader = Reader::new(stream);
+        let mut writer = Writer::new(stream);
         loop {
             let head = match reader.head(&mut buf) {
                 Ok(Some(head)) => head,
                 Ok(None) => return, // closed, idle too long, or stopping
-                Err(rejection) => return self.reject(stream, &rejection),
+                Err(rejection) => return self.reject(&mut writer, &rejection),
             };
             let started = Instant::now();
-            let keep_alive = match read_body(stream, &mut reader, &mut buf, &head) {
+            let keep_alive = match read_body(&mut writer, &mut reader, &mut buf, &head) {
                 Ok(()) => head.keep_alive,
-                Err(rejection) => return self.reject(stream, &rejection),
+                Err(rejection) => return self.reject(&mut writer, &rejection),
             };
             self.in_flight.fetch_add(1, Ordering::SeqCst);
-            let keep_alive = self.answer(stream, &head, keep_alive, started);
+            let keep_alive = self.answer(&mut writer, head, keep_alive, started);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if !keep_alive {
                 return;
@@ -77,16 +85,25 @@ impl App {
 
     /// Runs the handler (a panic becomes a 500), waits out any delay on this thread, writes
     /// the answer and its access line. Returns whether the connection stays open.
-    fn answer(&self, stream: &TcpStream, head: &Head, keep_alive: bool, started: Instant) -> bool {
+    fn answer(
+        &self,
+        writer: &mut Writer<'_>,
+        head: Head,
+        keep_alive: bool,
+        started: Instant,
+    ) -> bool {
         let id = request_id(head.request_id.as_deref());
-        let req = Request::new(&head.method, &head.target, &id);
+        let mut req = Request::new(&head.method, &head.target, &id);
+        req.trace = Trace::from_headers(head.traceparent.as_deref(), head.tracestate.as_deref());
+        req.budget = head.timeout_ms.as_deref().and_then(parse_budget);
+        req.draining = self.draining();
         log::debug!(target: self.name, "{} {} started request_id={id}", req.method, req.path);
         let response = catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
             .unwrap_or_else(|_| Response::error(500, "Internal server error"));
         if !response.delay.is_zero() {
             thread::sleep(response.delay);
         }
-        let keep_alive = keep_alive && !self.stopping();
+        let keep_alive = keep_alive && !self.stopping() && !self.draining();
         let mut response = response;
         if keep_alive && head.http10 {
             // An HTTP/1.0 client keeps the connection only when told so.
@@ -95,17 +112,17 @@ impl App {
                 .push(("Connection", "keep-alive".to_string()));
         }
         let bytes = encode(&response, &id, req.method == "HEAD", !keep_alive);
-        let written = (&*stream).write_all(&bytes);
+        let written = writer.write(&bytes);
         if let Err(e) = &written {
             log::debug!(target: self.name, "writing the answer failed: {e} request_id={id}");
         }
-        self.log_access(&req.method, &req.path, &response, &id, started);
+        self.log_access(&req.method, &req.path, &response, &id, &req.trace, started);
         keep_alive && written.is_ok()
     }
 
     /// Answers a request that breaks the rules with its 4xx/5xx (the connection closes
     /// after it); a [`Rejection::Close`] gets nothing.
-    fn reject(&self, stream: &TcpStream, rejection: &Rejection) {
+    fn reject(&self, writer: &mut Writer<'_>, rejection: &Rejection) {
         let Rejection::Answer {
             status,
             message,
@@ -118,8 +135,8 @@ impl App {
         let started = Instant::now();
         let id = request_id(None);
         let response = Response::error(*status, message);
-        let _ = (&*stream).write_all(&encode(&response, &id, false, true));
-        self.log_access(method, path, &response, &id, started);
+        let _ = writer.write(&encode(&response, &id, false, true));
+        self.log_access(method, path, &response, &id, &Trace::start(), started);
     }
 
     /// The access line (`METHOD PATH STATUS LATENCYms request_id=…`, WARN for 5xx) and the
@@ -130,6 +147,7 @@ impl App {
         path: &str,
         response: &Response,
         id: &str,
+        trace: &Trace,
         started: Instant,
     ) {
         let status = response.status;
@@ -142,15 +160,30 @@ impl App {
         self.metrics
             .observe(method, response.route, status, seconds);
         let ms = seconds * 1000.0;
-        let fields = LogFields(&response.log_fields);
-        log::log!(target: self.name, level, "{method} {path} {status} {ms:.2}ms request_id={id}{fields}");
+        let fields = AccessFields {
+            line: [
+                ("method", Value::from(method)),
+                ("path", Value::from(path)),
+                ("status", Value::from(status)),
+                ("latency_ms", Value::from(ms)),
+                ("request_id", Value::from(id)),
+            ],
+            trace,
+            handler: &response.log_fields,
+        };
+        crate::logging::event(
+            self.name,
+            level,
+            format_args!("{method} {path} {status} {ms:.2}ms"),
+            &fields,
+        );
     }
 }
 
 /// Reads and drops the request's body (at most [`super::MAX_BODY_BYTES`], checked with the
 /// head), after `100 Continue` if the client waits for it.
 fn read_body(
-    stream: &TcpStream,
+    writer: &mut Writer<'_>,
     reader: &mut Reader<'_>,
     buf: &mut Vec<u8>,
     head: &Head,
@@ -159,21 +192,39 @@ fn read_body(
         return Ok(());
     }
     if head.expect_continue && buf.len() < head.content_length {
-        (&*stream)
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        writer
+            .write(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(|_| Rejection::Close)?;
     }
     reader.body(buf, head.content_length)
 }
 
-/// The handler's extra fields of an access line, each as ` name=value`.
-struct LogFields<'a>(&'a [(&'static str, String)]);
+/// The fields of an access line: the request's own, then the handler's (such as the
+/// replica of A that answered B).
+struct AccessFields<'a> {
+    line: [(&'static str, Value<'a>); 5],
+    trace: &'a Trace,
+    handler: &'a [(&'static str, String)],
+}
 
-impl fmt::Display for LogFields<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0
-            .iter()
-            .try_for_each(|(name, value)| write!(f, " {name}={value}"))
+impl Source for AccessFields<'_> {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), log::kv::Error> {
+        for (key, value) in &self.line {
+            visitor.visit_pair(Key::from_str(key), value.to_value())?;
+        }
+        let trace = self.trace;
+        visitor.visit_pair(
+            Key::from_str("trace_id"),
+            Value::from(trace.trace_id.as_str()),
+        )?;
+        visitor.visit_pair(
+            Key::from_str("span_id"),
+            Value::from(trace.span_id.as_str()),
+        )?;
+        for (key, value) in self.handler {
+            visitor.visit_pair(Key::from_str(key), Value::from(value.as_str()))?;
+        }
+        Ok(())
     }
 }
 
@@ -197,10 +248,62 @@ pub(super) fn linger(stream: &TcpStream) {
     }
 }
 
+/// Writes answers on one connection, each whole within [`WRITE_TIMEOUT`] or not at all: the
+/// socket's send timeout bounds one system call, so a client reading a few bytes now and
+/// then would otherwise keep a write going for as long as it likes. The common answer
+/// goes out in one `write` and costs no extra system call.
+struct Writer<'a> {
+    stream: &'a TcpStream,
+    /// The socket's send timeout now, [`WRITE_TIMEOUT`] as set at accept.
+    timeout: Duration,
+}
+
+impl<'a> Writer<'a> {
+    fn new(stream: &'a TcpStream) -> Writer<'a> {
+        Writer {
+            stream,
+            timeout: WRITE_TIMEOUT,
+        }
+    }
+
+    /// Writes all of `bytes` within [`WRITE_TIMEOUT`] from now.
+    fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        if self.timeout != WRITE_TIMEOUT {
+            self.set_timeout(WRITE_TIMEOUT)?;
+        }
+        while !bytes.is_empty() {
+            match (&*self.stream).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if !bytes.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                self.set_timeout(left)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+}
+
 /// Reads from one connection with the right timeout for each wait.
 struct Reader<'a> {
     stream: &'a TcpStream,
     timeout: Option<Duration>,
+    /// A head has been read on this connection: from then on a wait between requests is
+    /// the idle timeout; before, a connection that sends nothing gets the head timeout.
+    served: bool,
     /// Where each read lands before what arrived is appended to the request buffer; zeroed
     /// once per connection, not once per read.
     chunk: [u8; 8192],
@@ -211,6 +314,7 @@ impl<'a> Reader<'a> {
         Reader {
             stream,
             timeout: None,
+            served: false,
             chunk: [0u8; 8192],
         }
     }
@@ -236,11 +340,12 @@ impl<'a> Reader<'a> {
     /// The next request head, removed from `buf` (what follows it stays: a body, or
     /// pipelined requests). `Ok(None)` when the connection ends quietly between requests.
     fn head(&mut self, buf: &mut Vec<u8>) -> Result<Option<Head>, Rejection> {
-        let mut deadline = (!buf.is_empty()).then(|| Instant::now() + HEAD_TIMEOUT);
+        let mut deadline = (!buf.is_empty() || !self.served).then(|| Instant::now() + HEAD_TIMEOUT);
         loop {
             if !buf.is_empty() {
                 if let Some((head, len)) = parse_head(buf)? {
                     buf.drain(..len);
+                    self.served = true;
                     return Ok(Some(head));
                 }
             }
@@ -249,7 +354,8 @@ impl<'a> Reader<'a> {
                 Some(at) => at.saturating_duration_since(Instant::now()),
             };
             if timeout.is_zero() || !self.fill(buf, timeout) {
-                // Closed or timed out: quietly between requests, else mid-head.
+                // Closed or timed out: quietly between requests (or before the first
+                // byte), else mid-head.
                 return if buf.is_empty() {
                     Ok(None)
                 } else {

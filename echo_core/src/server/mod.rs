@@ -105,11 +105,16 @@ pub fn serve(
         open: Mutex::new(Open::default()),
         all_closed: Condvar::new(),
         pool: Arc::new(Pool::new(format!("{name}-conn"))),
+        refusals: Mutex::new(Refusals {
+            unlogged: 0,
+            logged_at: None,
+        }),
         app: App {
             name,
             handler: Box::new(handler),
             metrics,
             stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         },
     });
@@ -137,6 +142,12 @@ impl ServerHandle {
     /// `http://IP:PORT`, the base URL clients and tests use.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Starts the drain before a stop: requests see [`Request::draining`] (readiness fails)
+    /// and every answer closes its connection, while new connections are still accepted.
+    pub fn drain(&self) {
+        self.shared.app.draining.store(true, Ordering::SeqCst);
     }
 
     /// Stops accepting and ends idle connections at once; [`ServerHandle::shutdown`] does
@@ -192,7 +203,19 @@ struct Shared {
     all_closed: Condvar,
     pool: Arc<Pool<Conn>>,
     app: App,
+    /// Refusals not logged yet, and when the last refusal line was written.
+    refusals: Mutex<Refusals>,
 }
+
+/// Connections refused over the limit are counted one by one, but logged at most once per
+/// [`REFUSAL_LOG_EVERY`] with the count since the last line: a flood must not flood the log.
+struct Refusals {
+    unlogged: u64,
+    logged_at: Option<Instant>,
+}
+
+/// The least time between two log lines about refused connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Shared {
     fn lock_open(&self) -> MutexGuard<'_, Open> {
@@ -222,6 +245,7 @@ impl Shared {
             match self.listener.accept() {
                 Ok((stream, _)) if self.app.stopping() => {
                     drop(stream);
+                    self.log_refusals(0);
                     return;
                 }
                 Ok((stream, _)) => {
@@ -230,8 +254,9 @@ impl Shared {
                         failures = 0;
                     }
                     self.admit(stream);
+                    self.log_refusals(0);
                 }
-                Err(_) if self.app.stopping() => return,
+                Err(_) if self.app.stopping() => return self.log_refusals(0),
                 Err(e) => {
                     if failures == 0 {
                         log::error!(target: name, "accept failed: {e}; retrying");
@@ -307,7 +332,23 @@ impl Shared {
             }
         }
         self.app.metrics.refused();
-        log::warn!(target: self.app.name, "- - 503 0.00ms request_id={id} refused: {} connections open", self.max_connections);
+        log::debug!(target: self.app.name, "refused a connection: 503 request_id={id}");
+        self.log_refusals(1);
+    }
+
+    /// Counts `new` refusals and writes the line about them if it is due (a refusal now, or
+    /// any later accept, writes the ones since the last line; the stop writes the rest).
+    fn log_refusals(&self, new: u64) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        refusals.unlogged += new;
+        let due = refusals
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY || self.app.stopping());
+        if refusals.unlogged > 0 && due {
+            log::warn!(target: self.app.name, "refused {} connection(s) with 503 since the last such line: {} connections open (--max-connections)", refusals.unlogged, self.max_connections);
+            refusals.unlogged = 0;
+            refusals.logged_at = Some(Instant::now());
+        }
     }
 }
 

@@ -30,6 +30,11 @@ pub(super) struct Head {
     pub(super) content_length: usize,
     pub(super) expect_continue: bool,
     pub(super) request_id: Option<String>,
+    pub(super) traceparent: Option<String>,
+    /// Every `tracestate` field, joined by commas as one list (RFC 9110 §5.3).
+    pub(super) tracestate: Option<String>,
+    /// The caller's [`crate::http::TIMEOUT_HEADER`].
+    pub(super) timeout_ms: Option<String>,
 }
 
 /// A request that cannot be served.
@@ -127,22 +132,42 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
         return Err(bad(431, "Request header fields too large"));
     }
     let version = req.version.unwrap_or(1);
-    let values = |name: &str| -> Vec<String> {
+    // Field values as sent, trimmed of SP and HTAB only (RFC 9110 §5.5), never of other
+    // whitespace: `str::trim` also strips NBSP, NEL, U+2028 and U+3000, so that
+    // `Content-Length: \xc2\xa05` passed for 5 and smuggled the request after it.
+    let values = |name: &str| -> Vec<&[u8]> {
         req.headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+            .map(|h| trim_ows(h.value))
             .collect()
     };
-    let hosts = values("Host").len();
-    if hosts > 1 || (version == 1 && hosts == 0) {
-        return Err(bad(400, "Exactly one Host header is required"));
+    // The fields whose values decide framing and routing: ASCII text, or the request is 400.
+    let text = |name: &str| -> Result<Vec<&str>, Rejection> {
+        values(name)
+            .into_iter()
+            .map(|v| ascii(v).ok_or_else(|| bad(400, "Invalid header field value")))
+            .collect()
+    };
+    // A field passed on to the handler: its ASCII value, or none (then replaced, as the
+    // request-id rule says), never a value with bytes the rules did not check.
+    let optional = |name: &str| {
+        values(name)
+            .first()
+            .and_then(|v| ascii(v))
+            .map(str::to_string)
+    };
+    let hosts = text("Host")?;
+    match hosts.as_slice() {
+        [] if version == 0 => {}
+        [host] if is_valid_host(host) => {}
+        [_] => return Err(bad(400, "Invalid Host header")),
+        _ => return Err(bad(400, "Exactly one Host header is required")),
     }
     if !values("Transfer-Encoding").is_empty() {
         return Err(bad(413, "Request body too large"));
     }
-    let lengths = values("Content-Length");
-    let content_length = match lengths.as_slice() {
+    let content_length = match text("Content-Length")?.as_slice() {
         [] => 0,
         [one] if !one.is_empty() && one.bytes().all(|b| b.is_ascii_digit()) => {
             match one.parse::<usize>() {
@@ -152,22 +177,23 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
         }
         _ => return Err(bad(400, "Invalid Content-Length")),
     };
-    let expect = values("Expect");
-    let expect_continue = match expect.as_slice() {
+    let expect_continue = match text("Expect")?.as_slice() {
         [] => false,
         [one] if one.eq_ignore_ascii_case("100-continue") => true,
         _ => return Err(bad(417, "Expectation not supported")),
     };
-    let connection: Vec<String> = values("Connection")
+    let connection: Vec<String> = text("Connection")?
         .iter()
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(|t| t.trim_matches([' ', '\t']).to_ascii_lowercase())
         .collect();
     let keep_alive = match version {
         0 => connection.iter().any(|t| t == "keep-alive"),
         _ => !connection.iter().any(|t| t == "close"),
     };
-    let request_id = values("X-Request-Id").into_iter().next();
+    let request_id = optional("X-Request-Id");
+    let states: Option<Vec<&str>> = values("tracestate").into_iter().map(ascii).collect();
+    let tracestate = states.filter(|s| !s.is_empty()).map(|s| s.join(","));
     let head = Head {
         method: method.to_string(),
         target: origin_form(target),
@@ -176,8 +202,101 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
         content_length,
         expect_continue,
         request_id,
+        traceparent: optional("traceparent"),
+        tracestate,
+        timeout_ms: optional(crate::http::TIMEOUT_HEADER),
     };
     Ok(Some((head, len)))
+}
+
+/// A field value without the optional whitespace (SP, HTAB) around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// The value as text if it is visible ASCII, SP and HTAB only.
+fn ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// RFC 9112 §3.2: `Host = uri-host [ ":" port ]`, with RFC 3986's `host` (an IP literal in
+/// brackets, an IPv4 address or a reg-name of unreserved, pct-encoded and sub-delims
+/// characters, possibly empty) and `port = *DIGIT` (here at most 5 digits, at most 65535).
+fn is_valid_host(value: &str) -> bool {
+    let (host, port) = match value.rfind(':') {
+        Some(i) if !value[i..].contains(']') => (&value[..i], Some(&value[i + 1..])),
+        _ => (value, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.is_empty()
+            || (p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535))
+    });
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => literal.parse::<std::net::Ipv6Addr>().is_ok() || is_ipv_future(literal),
+        None => is_reg_name(host),
+    };
+    port_ok && host_ok
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )` (an IPv4 address is one too).
+fn is_reg_name(host: &str) -> bool {
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if is_unreserved(b) || is_sub_delim(b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn is_ipv_future(literal: &str) -> bool {
+    let Some((version, rest)) = literal
+        .strip_prefix(['v', 'V'])
+        .and_then(|l| l.split_once('.'))
+    else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_hexdigit())
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| is_unreserved(b) || is_sub_delim(b) || b == b':')
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 /// A head too long to wait for: 414 if the request line alone is over the limit, else 431.
@@ -365,6 +484,47 @@ mod tests {
         assert_eq!(status(&endless), Some(414));
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(status(&endless), Some(431));
+    }
+
+    #[test]
+    fn framing_fields_are_trimmed_of_sp_and_htab_only() {
+        // NBSP, NEL, U+2028 and U+3000 before the digits: `str::trim` took them away.
+        for ws in ["\u{a0}", "\u{85}", "\u{2028}", "\u{3000}", "\u{b}", "\u{c}"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {ws}5\r\n\r\nhello");
+            assert_eq!(status(&raw), Some(400), "{ws:?}");
+            let raw = format!("GET / HTTP/1.1\r\nHost: x{ws}\r\n\r\n");
+            assert_eq!(status(&raw), Some(400), "Host with {ws:?}");
+        }
+        let ok = parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \t5 \r\n\r\nhello");
+        assert_eq!(ok.ok().flatten().map(|(h, _)| h.content_length), Some(5));
+        let forged = parse("GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: \u{2028}FORGED\r\n\r\n");
+        let id = forged.ok().flatten().and_then(|(h, _)| h.request_id);
+        assert_ne!(id.as_deref(), Some("FORGED"));
+    }
+
+    #[test]
+    fn host_must_be_a_host_with_an_optional_port() {
+        for good in [
+            "x",
+            "a.example:8080",
+            "127.0.0.1",
+            "[::1]:80",
+            "[v1.x:y]",
+            "",
+            "h:",
+            "a%41b",
+            "x!$&'()*+,;=",
+        ] {
+            assert!(is_valid_host(good), "{good:?}");
+        }
+        for bad in [
+            "a b", "a/b", "a:b", "a:123456", "a:99999", "[::1", "[zz]", "a@b", "a%4", "[::1]x",
+            "a?b", "a#b",
+        ] {
+            assert!(!is_valid_host(bad), "{bad:?}");
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(status(&raw), Some(400), "{bad:?}");
+        }
     }
 
     #[test]

@@ -177,7 +177,6 @@ pub fn check(name: &str, listen: &str) -> ExitCode {
 }
 
 fn health_status(listen: &str) -> io::Result<u16> {
-    const LIMIT: Duration = Duration::from_secs(2);
     let mut addr: SocketAddr = listen
         .to_socket_addrs()?
         .next()
@@ -189,15 +188,23 @@ fn health_status(listen: &str) -> io::Result<u16> {
         };
         addr.set_ip(loopback);
     }
-    let mut stream = TcpStream::connect_timeout(&addr, LIMIT)?;
-    stream.set_read_timeout(Some(LIMIT))?;
-    stream.set_write_timeout(Some(LIMIT))?;
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    status_of(addr, "/health", Duration::from_secs(2))
+}
+
+/// The status of `GET path` at `addr` on a connection of its own, within `limit` for each
+/// step: the container health check, and B's probe of an ejected replica's `/ready`.
+pub fn status_of(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, limit)?;
+    stream.set_read_timeout(Some(limit))?;
+    stream.set_write_timeout(Some(limit))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
     // "HTTP/1.1 200"
-    std::str::from_utf8(&head[9..12])
-        .ok()
+    head.starts_with(b"HTTP/1.")
+        .then(|| std::str::from_utf8(&head[9..12]).ok())
+        .flatten()
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
 }

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+mod histogram;
 pub mod http;
 mod logging;
 pub mod metrics;

@@ -5,9 +5,9 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+pub use crate::histogram::AtomicHistogram;
 use crate::http::Response;
 
 /// Labels of `http_requests_total`.
@@ -26,8 +26,8 @@ struct RouteLabels {
 }
 
 /// Latency buckets from 0.1 ms to 10 s, shared by every latency histogram.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new([
+pub fn latency_histogram() -> AtomicHistogram {
+    AtomicHistogram::new([
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0,
     ])
@@ -39,7 +39,7 @@ pub fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabels, Histogram>,
+    duration: Family<RouteLabels, AtomicHistogram>,
     refused: Counter,
 }
 
@@ -54,8 +54,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+        let duration = Family::<RouteLabels, AtomicHistogram>::new_with_constructor(
+            latency_histogram as fn() -> AtomicHistogram,
         );
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register(

@@ -1,62 +1,32 @@
-//! The circuit breaker in front of one replica of Service A: after `threshold` failed calls in
-//! a row it opens for `cooldown` (the replica is ejected: no call reaches it); then one trial
-//! call is let through, and its outcome closes the breaker (readmitted) or opens it again.
-//! It remembers the last failure, so a call refused while it is open can still say what went
-//! wrong.
+//! The breaker of one replica of Service A: after `threshold` failed calls in a row the
+//! replica is ejected (no call reaches it) for a cooldown that doubles with each ejection in
+//! a row, up to a cap, and resets once the replica has stayed in for as long as the cap.
+//! After the cooldown B's own probe (A's `/ready`, in the background, see `upkeep`) decides:
+//! success readmits it, failure ejects it again for longer. No user call is ever the trial.
+//! Whether a replica may be ejected at all is decided by its set (never more than a share of
+//! the replicas). While closed, the breaker costs one atomic load per call and no lock; the
+//! lock is taken on failures and state changes only. It remembers the last failure, so a
+//! call refused while every replica is out can still say what went wrong.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
+/// Calls go through.
+const CLOSED: u8 = 0;
+/// Ejected until its cooldown ends.
+const OPEN: u8 = 1;
+/// The cooldown ended and B's probe is deciding.
+const PROBING: u8 = 2;
 
-/// Where the breaker stands; also the value of the `circuit_breaker_state` gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Calls go through; `failures` in a row so far.
-    Closed { failures: u32 },
-    /// Calls fail at once until `until`; the first call after it is the trial.
-    Open { until: Instant },
-    /// The trial call is in flight; other calls fail at once.
-    HalfOpen,
-}
-
-impl State {
-    fn gauge_value(self) -> i64 {
-        match self {
-            State::Closed { .. } => 0,
-            State::Open { .. } => 1,
-            State::HalfOpen => 2,
-        }
-    }
-}
-
-/// A circuit breaker; `threshold` 0 switches it off.
-#[derive(Debug)]
-pub struct Breaker {
-    /// Who it guards, for its log lines (`replica 10.0.0.2:8080`).
-    name: String,
-    threshold: u32,
-    cooldown: Duration,
-    state: Mutex<Inner>,
-    gauge: Mutex<Gauge>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: State,
-    /// Failures in a row so far (while closed) or when it opened, and the last one's cause.
-    failures: u32,
-    last: String,
-}
-
-/// Why a call was refused without reaching A: the breaker is open (or its trial is in
-/// flight). Its `Display` is the 503 `details`.
+/// Why a call was refused without reaching A: every replica is ejected. Its `Display` is
+/// the 503 `details`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
-    /// Until the next trial call may go through.
+    /// Until the replica's next probe.
     pub left: Duration,
-    /// Failed calls in a row that opened it.
+    /// Failed calls in a row that ejected it.
     pub failures: u32,
     /// The last failure, as its 503 `details` said.
     pub last: String,
@@ -74,169 +44,186 @@ impl fmt::Display for Open {
     }
 }
 
-/// Leave to make one call. Its outcome must be reported with [`Permit::record`]; a permit
-/// dropped without one (a panic) counts as a failure, so a trial can never stay in flight.
+/// A breaker; `threshold` 0 switches it off.
 #[derive(Debug)]
-pub struct Permit<'a> {
-    breaker: &'a Breaker,
-    /// This call is the half-open trial: only its outcome may close or reopen the breaker.
-    trial: bool,
-    recorded: bool,
+pub(crate) struct Breaker {
+    /// Who it guards, for its log lines (`replica 10.0.0.2:8080`).
+    name: String,
+    threshold: u32,
+    cooldown: Duration,
+    max_cooldown: Duration,
+    state: AtomicU8,
+    /// Failed calls in a row while closed.
+    failures: AtomicU32,
+    inner: Mutex<Inner>,
 }
 
-impl Permit<'_> {
-    /// Reports the call's outcome: `None` for success, else the failure's cause.
-    pub fn record(mut self, failure: Option<String>) {
-        self.recorded = true;
-        self.breaker.record(failure, self.trial);
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        if !self.recorded {
-            let cause = "the call ended without an outcome".to_string();
-            self.breaker.record(Some(cause), self.trial);
-        }
-    }
+#[derive(Debug)]
+struct Inner {
+    /// Failures in a row when it opened, and the last one's cause.
+    failures: u32,
+    last: String,
+    /// When the current cooldown ends.
+    until: Instant,
+    /// Ejections in a row (the cooldown doubles with each).
+    ejections: u32,
+    /// When it was last readmitted (or created).
+    closed_since: Instant,
+    /// The cooldown of the current ejection.
+    cooldown: Duration,
 }
 
 impl Breaker {
-    /// `gauge` shows the state: 0 closed, 1 open, 2 half-open.
-    pub fn new(name: &str, threshold: u32, cooldown: Duration, gauge: Gauge) -> Breaker {
+    /// A closed breaker that ejects after `threshold` failures in a row, for `cooldown`
+    /// doubling up to `max_cooldown`.
+    pub(crate) fn new(
+        name: &str,
+        threshold: u32,
+        cooldown: Duration,
+        max_cooldown: Duration,
+    ) -> Breaker {
         Breaker {
             name: name.to_string(),
             threshold,
             cooldown,
-            state: Mutex::new(Inner {
-                state: State::Closed { failures: 0 },
+            max_cooldown: max_cooldown.max(cooldown),
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            inner: Mutex::new(Inner {
                 failures: 0,
                 last: String::new(),
+                until: Instant::now(),
+                ejections: 0,
+                closed_since: Instant::now(),
+                cooldown: Duration::ZERO,
             }),
-            gauge: Mutex::new(gauge),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Shows the state on `gauge` from now on (a replica back under its name gets the
-    /// gauge its metric label has now).
-    pub fn show_on(&self, gauge: Gauge) {
-        let inner = self.lock();
-        gauge.set(inner.state.gauge_value());
-        *self.gauge.lock().unwrap_or_else(|p| p.into_inner()) = gauge;
+    /// The `circuit_breaker_state` of the metrics: 0 closed, 1 open (ejected), 2 half-open
+    /// (being probed).
+    pub(crate) fn state_value(&self) -> i64 {
+        i64::from(self.state.load(Ordering::Relaxed))
     }
 
-    fn set(&self, state: &mut State, next: State) {
-        *state = next;
-        let gauge = self.gauge.lock().unwrap_or_else(|p| p.into_inner());
-        gauge.set(next.gauge_value());
-    }
-
-    /// Leave to call A, or why not and until when.
-    pub fn permit(&self) -> Result<Permit<'_>, Open> {
-        let mut trial = false;
-        if self.threshold > 0 {
-            let mut inner = self.lock();
-            let open = |inner: &Inner, left| Open {
-                left,
-                failures: inner.failures,
-                last: inner.last.clone(),
-            };
-            match inner.state {
-                State::Closed { .. } => {}
-                State::Open { until } => match until.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => return Err(open(&inner, left)),
-                    _ => {
-                        trial = true;
-                        self.set(&mut inner.state, State::HalfOpen);
-                        log::warn!(target: "service_b", "{} half-open: letting one trial call through", self.name);
-                    }
-                },
-                State::HalfOpen => {
-                    return Err(open(&inner, self.cooldown.min(Duration::from_secs(1))))
-                }
-            }
+    /// The cooldown of the current ejection (zero while in).
+    pub(crate) fn cooldown(&self) -> Duration {
+        match self.state.load(Ordering::Relaxed) {
+            CLOSED => Duration::ZERO,
+            _ => self.lock().cooldown,
         }
-        Ok(Permit {
-            breaker: self,
-            trial,
-            recorded: false,
-        })
     }
 
-    fn record(&self, failure: Option<String>, trial: bool) {
-        if self.threshold == 0 {
-            return;
+    /// Whether calls may go to the replica: closed (or switched off).
+    pub(crate) fn available(&self) -> bool {
+        self.threshold == 0 || self.state.load(Ordering::Relaxed) == CLOSED
+    }
+
+    /// A call succeeded: the count of failures in a row starts again.
+    pub(crate) fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// A call failed with `cause` (its 503 details). At the threshold the replica is
+    /// ejected if `may_eject` says its set allows one more ejection; else it stays in
+    /// (the latency-aware choice still steers calls away) and the count goes on. A call
+    /// that ends while the breaker is not closed (it started before) changes nothing.
+    /// Returns whether this failure ejected the replica.
+    pub(crate) fn failed(&self, cause: String, may_eject: impl FnOnce() -> bool) -> bool {
+        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != CLOSED {
+            return false;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
         let mut inner = self.lock();
-        let ok = failure.is_none();
-        let current = inner.state;
-        // Counted while closed, and by the trial; a late call from before the opening is not.
-        if let Some(cause) = failure.filter(|_| trial || matches!(current, State::Closed { .. })) {
-            inner.failures = match current {
-                State::Closed { failures } => failures + 1,
-                _ => inner.failures + 1,
-            };
-            inner.last = cause;
+        inner.last = cause;
+        if failures < self.threshold {
+            return false;
         }
-        let state = &mut inner.state;
-        match (current, ok) {
-            // A call let through before the breaker opened, finishing late: it neither
-            // settles the trial nor counts again.
-            (State::HalfOpen, _) | (State::Open { .. }, _) if !trial => {}
-            (State::Closed { .. }, true) => self.set(state, State::Closed { failures: 0 }),
-            (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
-                self.set(
-                    state,
-                    State::Open {
-                        until: Instant::now() + self.cooldown,
-                    },
-                );
-                log::warn!(target: "service_b", "{} ejected: {} failed calls in a row; trial call in {}ms", self.name, failures + 1, self.cooldown.as_millis());
+        if !may_eject() {
+            if failures == self.threshold {
+                log::warn!(target: "service_b", "{} not ejected after {failures} failed calls in a row: as many replicas as may be are out already", self.name);
             }
-            (State::Closed { failures }, false) => self.set(
-                state,
-                State::Closed {
-                    failures: failures + 1,
-                },
-            ),
-            (State::HalfOpen, true) => {
-                self.set(state, State::Closed { failures: 0 });
-                log::warn!(target: "service_b", "{} readmitted: the trial call succeeded", self.name);
+            return false;
+        }
+        inner.failures = failures;
+        self.eject(&mut inner, &format!("{failures} failed calls in a row"));
+        true
+    }
+
+    /// Opens the breaker for the next cooldown of the series.
+    fn eject(&self, inner: &mut Inner, why: &str) {
+        if inner.closed_since.elapsed() >= self.max_cooldown
+            && self.state.load(Ordering::SeqCst) == CLOSED
+        {
+            inner.ejections = 0; // in for long enough: the series starts again
+        }
+        let doubling = 1u32.checked_shl(inner.ejections).unwrap_or(u32::MAX);
+        let cooldown = self
+            .cooldown
+            .saturating_mul(doubling)
+            .min(self.max_cooldown);
+        inner.ejections = inner.ejections.saturating_add(1);
+        inner.until = Instant::now() + cooldown;
+        inner.cooldown = cooldown;
+        self.state.store(OPEN, Ordering::SeqCst);
+        log::warn!(target: "service_b", "{} ejected: {why}; probe in {}ms (ejection {} in a row)", self.name, cooldown.as_millis(), inner.ejections);
+    }
+
+    /// Whether the cooldown is over and B's probe should decide now; true once per
+    /// cooldown (the breaker is half-open until [`Breaker::probed`]).
+    pub(crate) fn probe_due(&self) -> bool {
+        if self.state.load(Ordering::SeqCst) != OPEN || self.lock().until > Instant::now() {
+            return false;
+        }
+        self.state
+            .compare_exchange(OPEN, PROBING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// When the current cooldown ends (`None` while closed).
+    pub(crate) fn probe_at(&self) -> Option<Instant> {
+        (self.state.load(Ordering::SeqCst) == OPEN).then(|| self.lock().until)
+    }
+
+    /// The probe's outcome: `None` readmits the replica (and returns true); a failure
+    /// ejects it again, for longer.
+    pub(crate) fn probed(&self, failure: Option<String>) -> bool {
+        let mut inner = self.lock();
+        if self.state.load(Ordering::SeqCst) != PROBING {
+            return false;
+        }
+        match failure {
+            None => {
+                self.failures.store(0, Ordering::SeqCst);
+                inner.closed_since = Instant::now();
+                self.state.store(CLOSED, Ordering::SeqCst);
+                log::warn!(target: "service_b", "{} readmitted: B's probe succeeded", self.name);
+                true
             }
-            (State::HalfOpen, false) => {
-                self.set(
-                    state,
-                    State::Open {
-                        until: Instant::now() + self.cooldown,
-                    },
-                );
-                log::warn!(target: "service_b", "{} ejected again: the trial call failed; next trial in {}ms", self.name, self.cooldown.as_millis());
+            Some(cause) => {
+                let why = format!("B's probe failed: {cause}");
+                self.eject(&mut inner, &why);
+                false
             }
-            (State::Open { .. }, _) => {}
         }
     }
 
-    /// Whether a call may go through now: closed, or open with its cooldown over (the next
-    /// call is the trial). Changes nothing.
-    pub fn available(&self) -> bool {
-        self.ejected().is_none()
-    }
-
-    /// `None` while [`Breaker::available`]; else why and for how long not (a half-open
-    /// breaker, its trial in flight, counts as open for its cooldown, at most 1 s).
-    pub fn ejected(&self) -> Option<Open> {
-        if self.threshold == 0 {
+    /// `None` while calls may go through; else why not and until when (a replica being
+    /// probed counts as out for at most 1 s more).
+    pub(crate) fn ejected(&self) -> Option<Open> {
+        if self.available() {
             return None;
         }
         let inner = self.lock();
-        let left = match inner.state {
-            State::Closed { .. } => return None,
-            State::Open { until } => until.checked_duration_since(Instant::now())?,
-            State::HalfOpen => self.cooldown.min(Duration::from_secs(1)),
+        let left = match self.state.load(Ordering::SeqCst) {
+            OPEN => inner.until.saturating_duration_since(Instant::now()),
+            _ => self.cooldown.min(Duration::from_secs(1)),
         };
         Some(Open {
             left,
@@ -250,38 +237,31 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    impl Breaker {
-        fn gauge_value(&self) -> i64 {
-            self.gauge.lock().map(|g| g.get()).unwrap_or(-1)
-        }
-    }
-
-    fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
+    fn breaker(threshold: u32, cooldown_ms: u64, max_ms: u64) -> Breaker {
         Breaker::new(
             "test",
             threshold,
             Duration::from_millis(cooldown_ms),
-            Gauge::default(),
+            Duration::from_millis(max_ms),
         )
     }
 
-    fn fail(b: &Breaker) {
-        b.permit()
-            .expect("permitted")
-            .record(Some("Connection error: refused".to_string()));
+    fn fail(b: &Breaker) -> bool {
+        b.failed("Connection error: refused".to_string(), || true)
     }
 
     #[test]
-    fn opens_after_threshold_failures_in_a_row() {
-        let b = breaker(3, 60_000);
+    fn ejects_after_threshold_failures_in_a_row() {
+        let b = breaker(3, 60_000, 60_000);
         fail(&b);
         fail(&b);
-        b.permit().expect("permitted").record(None); // resets the count
+        b.succeeded(); // resets the count
         fail(&b);
         fail(&b);
         assert!(b.available());
-        fail(&b);
-        let open = b.permit().expect_err("open");
+        assert!(fail(&b), "the third in a row ejects");
+        assert!(!b.available());
+        let open = b.ejected().expect("ejected");
         assert!(open.left > Duration::from_secs(59), "{open:?}");
         assert_eq!(
             (open.failures, open.last.as_str()),
@@ -290,54 +270,59 @@ mod tests {
         let details = open.to_string();
         let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
         assert!(details.starts_with(want), "{details}");
-        assert!(b.ejected().is_some_and(|o| o.failures == 3));
-        assert_eq!(b.gauge_value(), 1);
+        assert_eq!(
+            (b.state_value(), b.cooldown()),
+            (1, Duration::from_secs(60))
+        );
     }
 
     #[test]
-    fn one_trial_after_the_cooldown_closes_or_reopens() {
-        let b = breaker(1, 0);
-        fail(&b); // open, cooldown 0: the next permit is the trial
-        assert!(b.available(), "cooldown over: ready for the trial");
-        let trial = b.permit().expect("trial");
-        assert_eq!(b.gauge_value(), 2);
-        assert!(b.permit().is_err(), "only one trial at a time");
-        assert!(!b.available(), "half-open: its trial is in flight");
-        trial.record(Some("x".to_string()));
-        assert_eq!(b.gauge_value(), 1);
-        let trial = b.permit().expect("second trial");
-        trial.record(None);
-        assert_eq!(b.gauge_value(), 0);
-        assert!(b.permit().is_ok());
-    }
-
-    #[test]
-    fn only_the_trial_settles_the_half_open_breaker() {
-        let b = breaker(1, 0);
-        let late = b.permit().expect("while closed");
-        fail(&b); // opens; cooldown 0
-        let trial = b.permit().expect("trial");
-        late.record(Some("late".to_string())); // a call from before, finishing now: ignored
-        assert_eq!(b.gauge_value(), 2, "still half-open");
-        trial.record(None);
-        assert_eq!(b.gauge_value(), 0);
-    }
-
-    #[test]
-    fn a_dropped_trial_counts_as_a_failure() {
-        let b = breaker(1, 0);
+    fn the_probe_decides_and_each_ejection_in_a_row_lasts_longer() {
+        let b = breaker(1, 0, 0);
         fail(&b);
-        drop(b.permit().expect("trial"));
-        assert_eq!(b.gauge_value(), 1);
+        assert!(b.probe_due(), "cooldown 0: due at once");
+        assert!(!b.probe_due(), "one probe per cooldown");
+        assert_eq!(b.state_value(), 2);
+        assert!(b.probed(None));
+        assert!(b.available());
+        assert_eq!(b.state_value(), 0);
+
+        let b = breaker(1, 100, 350);
+        fail(&b);
+        assert_eq!(b.cooldown(), Duration::from_millis(100));
+        for want in [200, 350, 350] {
+            b.lock().until = Instant::now(); // as if the cooldown were over
+            assert!(b.probe_due());
+            assert!(!b.probed(Some("refused".to_string())));
+            assert_eq!(b.cooldown(), Duration::from_millis(want));
+        }
+        assert!(!b.available());
+        assert!(b
+            .ejected()
+            .is_some_and(|o| o.last == "Connection error: refused"));
     }
 
     #[test]
-    fn threshold_zero_is_off() {
-        let b = breaker(0, 60_000);
-        for _ in 0..100 {
-            fail(&b);
+    fn a_refused_ejection_keeps_the_replica_in() {
+        let b = breaker(2, 1000, 1000);
+        for _ in 0..5 {
+            assert!(!b.failed("x".to_string(), || false));
         }
-        assert!(b.permit().is_ok());
         assert!(b.available());
+        assert!(b.failed("x".to_string(), || true));
+        assert!(!b.available());
+    }
+
+    #[test]
+    fn a_late_failure_changes_nothing_and_threshold_zero_is_off() {
+        let b = breaker(1, 60_000, 60_000);
+        fail(&b);
+        fail(&b); // a call from before the ejection, ending now
+        assert_eq!(b.ejected().map(|o| o.failures), Some(1));
+        let off = breaker(0, 60_000, 60_000);
+        for _ in 0..100 {
+            fail(&off);
+        }
+        assert!(off.available() && off.ejected().is_none());
     }
 }

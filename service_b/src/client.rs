@@ -1,19 +1,18 @@
-//! One attempt of a call from B to a replica of A over `ureq`, within the call's one deadline
-//! over connect, send and receive, and one error enum so that every way the call can fail
-//! maps to exactly one 503 `kind`.
+//! One attempt of a call from B to a replica of A over `ureq`, within its limits and the
+//! call's one deadline over connect, send and receive; and one error enum, so that every way
+//! the call can fail maps to exactly one 503 `kind`.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use echo_core::http::form_encode;
+use echo_core::http::{form_encode, DEADLINE_EXCEEDED_HEADER, TIMEOUT_HEADER};
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
-
-use ureq::http::Uri;
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
+
+use crate::transport::{self, AddressOnly, Connect};
 
 /// Largest body accepted from A; an echo of the longest possible message fits easily.
 const MAX_A_BODY: u64 = 1024 * 1024;
@@ -21,7 +20,7 @@ const MAX_A_BODY: u64 = 1024 * 1024;
 /// Why a call to A failed. `kind` is the machine-readable 503 `kind`, `Display` the
 /// `details` (its prefix is the contract, the rest is the cause).
 #[derive(Debug)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// Refused, reset, unreachable: no answer could be had from A.
     Connect(String),
     /// The deadline passed before A's whole answer arrived.
@@ -38,7 +37,7 @@ pub enum CallError {
 
 impl CallError {
     /// The `kind` field of the 503 body and of B's log line.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             CallError::Connect(_) => "connect",
             CallError::Timeout(_) => "timeout",
@@ -50,7 +49,7 @@ impl CallError {
     }
 
     /// The `Retry-After` (whole seconds, at least 1) for failures that say when to come back.
-    pub fn retry_after(&self) -> Option<u64> {
+    pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
             CallError::Overloaded(_) => Some(1),
             CallError::CircuitOpen(open) => {
@@ -106,187 +105,278 @@ fn seconds(d: Duration) -> String {
     }
 }
 
-/// ureq 3.5's resolver looks the host up on every call, before it checks its pool of idle
-/// connections, and with a timeout set (ours always is) it does so on a new thread, even for
-/// an IP address: one thread spawned per call to A. An address needs no lookup, so it is
-/// answered here; a host name still goes to ureq's resolver.
-#[derive(Debug, Default)]
-struct AddressFirst(DefaultResolver);
-
-impl Resolver for AddressFirst {
-    fn resolve(
-        &self,
-        uri: &Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                let mut addrs = self.empty();
-                addrs.push(SocketAddr::new(ip, uri.port_u16().unwrap_or(80)));
-                Ok(addrs)
-            }
-            Err(_) => self.0.resolve(uri, config, timeout),
-        }
-    }
-}
-
-/// How one attempt failed. `Retry`: before any byte of the answer arrived (refused, reset,
-/// unreachable, a slow connect, a stale pooled connection, a replica silent for its share
-/// of the deadline), so the call may go to another replica; `Failed`: final.
+/// What a failed attempt says, beyond its error.
 #[derive(Debug)]
-pub enum Attempt {
-    Retry(CallError),
-    Failed(CallError),
+pub(crate) struct Failed {
+    pub(crate) error: CallError,
+    /// Nothing of the answer had arrived, or A refused at once for lack of time: another
+    /// attempt may still succeed (a retry).
+    pub(crate) early: bool,
+    /// What it says about the replica.
+    pub(crate) health: Health,
+    /// The connect was refused or the address unreachable: the names may have moved.
+    pub(crate) refused: bool,
+    /// How long the attempt took.
+    pub(crate) took: Duration,
 }
 
-impl Attempt {
-    /// The error, whichever way the attempt failed.
-    pub fn into_error(self) -> CallError {
-        match self {
-            Attempt::Retry(e) | Attempt::Failed(e) => e,
+/// What a failed attempt says about the replica it went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// It is failing: counts for its breaker, and its estimate takes a penalty.
+    Failing,
+    /// It answered at once that it could not finish within the time it was given, so it is
+    /// at least this slow: its estimate learns that, its breaker does not count it.
+    Slower(Duration),
+    /// B asked wrongly (a 4xx): nothing is learnt about the replica.
+    Fine,
+}
+
+impl Failed {
+    fn failing(error: CallError, early: bool) -> Failed {
+        Failed {
+            error,
+            early,
+            health: Health::Failing,
+            refused: false,
+            took: Duration::ZERO,
         }
     }
 }
 
-/// Which connections and limits an attempt uses.
+/// The limits of one attempt, each within what is left of the call's deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Try {
-    /// The first try when no other replica could take the call: pooled connections, the
-    /// whole deadline for every phase.
-    Alone,
-    /// The first try with other replicas in rotation: pooled connections, at most
-    /// `--connect-timeout-ms` to connect and half the deadline until the answer's head.
-    Among,
-    /// The retry: a fresh connection and what is left of the deadline.
-    Retry(Duration),
+pub(crate) struct Limits {
+    /// What is left of the deadline.
+    pub(crate) left: Duration,
+    /// At most this to connect (`None`: the deadline).
+    pub(crate) connect: Option<Duration>,
+    /// At most this until the head of the answer (`None`: the deadline); A is told it.
+    pub(crate) head: Option<Duration>,
+    /// On a new connection, never a pooled one (a retry on the same replica).
+    pub(crate) fresh: bool,
+}
+
+impl Limits {
+    /// How long A is told it may take: the head's limit, within what is left.
+    fn budget(&self) -> Duration {
+        self.head.map_or(self.left, |h| h.min(self.left))
+    }
+}
+
+/// The headers of the incoming request that go on to A.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forward<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) traceparent: &'a str,
+    pub(crate) tracestate: Option<&'a str>,
+}
+
+/// Each connection thread's own agents (a pooled one and one that never pools): a call on
+/// one thread never waits for another's pool lock, and pooled connections stay with the
+/// thread that made them. Keyed by client, so services sharing a process (tests) keep apart.
+struct Agents {
+    client: u64,
+    pooled: Agent,
+    fresh: Agent,
+}
+
+thread_local! {
+    static AGENTS: RefCell<Vec<Agents>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The client for Service A's `/echo`: one attempt at a time, on a replica's base URL.
 #[derive(Debug)]
-pub struct EchoClient {
+pub(crate) struct EchoClient {
+    id: u64,
     timeout: Duration,
-    connect_timeout: Duration,
-    alone: Agent,
-    among: Agent,
-    fresh: Agent,
 }
 
 impl EchoClient {
-    /// `timeout` is the deadline of a call; `idle` how many idle connections to keep per
-    /// replica, at least the calls in flight allowed, so that calls reuse them.
-    pub fn new(timeout: Duration, connect_timeout: Duration, idle: usize) -> EchoClient {
-        let agent = |idle: usize, connect: Option<Duration>, head: Option<Duration>| {
-            let config = Agent::config_builder()
-                .timeout_global(Some(timeout))
-                .timeout_connect(connect)
-                .timeout_recv_response(head)
-                .http_status_as_error(false)
-                .proxy(None)
-                .max_redirects(0)
-                .max_idle_connections(idle.saturating_mul(4))
-                .max_idle_connections_per_host(idle)
-                // Well under the services' idle timeout (echo_core::server::IDLE_TIMEOUT), so a
-                // pooled connection is never reused just as A closes it.
-                .max_idle_age(Duration::from_secs(15))
-                .build();
-            Agent::with_parts(config, DefaultConnector::new(), AddressFirst::default())
-        };
+    /// `timeout` is the deadline of a call.
+    pub(crate) fn new(timeout: Duration) -> EchoClient {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         EchoClient {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             timeout,
-            connect_timeout,
-            alone: agent(idle, None, None),
-            among: agent(idle, Some(connect_timeout.min(timeout)), Some(timeout / 2)),
-            fresh: agent(0, None, None),
         }
+    }
+
+    /// The agent's settings; `pooled` keeps idle connections, else none.
+    fn config(&self, pooled: bool) -> ureq::config::Config {
+        // A connection thread makes one call at a time: one idle connection per replica
+        // covers it, a few more cover changes of replica.
+        let (idle, per_host) = if pooled { (8, 1) } else { (0, 0) };
+        Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .max_idle_connections(idle)
+            .max_idle_connections_per_host(per_host)
+            // Well under the services' idle timeout (echo_core::server::IDLE_TIMEOUT), so a
+            // pooled connection is never reused just as A closes it.
+            .max_idle_age(Duration::from_secs(15))
+            .build()
     }
 
     /// The path and query of A's `/echo` for `msg`, form-encoded so that any string comes
     /// back byte-exact.
-    pub fn path(msg: &str) -> String {
+    pub(crate) fn path(msg: &str) -> String {
         format!("/echo?msg={}", form_encode(msg))
     }
 
     /// The deadline every call gets.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// One attempt: GET `base` + `path` and return A's JSON object.
-    pub fn attempt(&self, how: Try, url: &str, request_id: &str) -> Result<Value, Attempt> {
-        let request = match how {
-            Try::Alone => self.alone.get(url),
-            Try::Among => self.among.get(url),
-            Try::Retry(left) => self
-                .fresh
+    /// Runs `f` with this thread's agents for this client, made on first use.
+    fn with_agents<R>(&self, f: impl FnOnce(&Agents) -> R) -> R {
+        AGENTS.with(|agents| {
+            let mut agents = agents.borrow_mut();
+            let i = match agents.iter().position(|a| a.client == self.id) {
+                Some(i) => i,
+                None => {
+                    agents.push(Agents {
+                        client: self.id,
+                        pooled: Agent::with_parts(self.config(true), Connect, AddressOnly),
+                        fresh: Agent::with_parts(self.config(false), Connect, AddressOnly),
+                    });
+                    agents.len() - 1
+                }
+            };
+            f(&agents[i])
+        })
+    }
+
+    /// One attempt: GET `url` within `limits` and return A's JSON object.
+    pub(crate) fn attempt(
+        &self,
+        url: &str,
+        limits: Limits,
+        forward: Forward<'_>,
+    ) -> Result<Value, Failed> {
+        transport::new_attempt();
+        let budget = limits.budget();
+        let result = self.with_agents(|agents| {
+            let agent = if limits.fresh {
+                &agents.fresh
+            } else {
+                &agents.pooled
+            };
+            let mut request = agent
                 .get(url)
+                .header("X-Request-Id", forward.request_id)
+                .header("traceparent", forward.traceparent)
+                .header(TIMEOUT_HEADER, budget.as_millis().to_string())
+                .header("Accept", "application/json");
+            if let Some(state) = forward.tracestate {
+                request = request.header("tracestate", state);
+            }
+            let mut response = request
                 .config()
-                .timeout_global(Some(left))
-                .build(),
-        };
-        let mut response = request
-            .header("X-Request-Id", request_id)
-            .header("Accept", "application/json")
-            .call()
-            .map_err(|e| self.classify_call(e, how))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(Attempt::Failed(CallError::Status(status)));
-        }
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_A_BODY)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::Timeout(_) => CallError::Timeout(self.timeout),
-                other => CallError::BadResponse(format!("reading the body failed: {other}")),
-            })
-            .map_err(Attempt::Failed)?;
-        parse_echo(&body).map_err(Attempt::Failed)
+                .timeout_global(Some(limits.left))
+                .timeout_connect(limits.connect)
+                .timeout_recv_response(limits.head)
+                .build()
+                .call()
+                .map_err(|e| self.classify(e, limits))?;
+            let status = response.status().as_u16();
+            if status == 504 && response.headers().contains_key(DEADLINE_EXCEEDED_HEADER) {
+                return Err(Failed {
+                    error: CallError::Timeout(self.timeout),
+                    early: limits.head.is_some_and(|h| h < limits.left),
+                    health: Health::Slower(budget),
+                    refused: false,
+                    took: Duration::ZERO,
+                });
+            }
+            if !(200..300).contains(&status) {
+                let health = if status < 500 {
+                    Health::Fine
+                } else {
+                    Health::Failing
+                };
+                return Err(Failed {
+                    error: CallError::Status(status),
+                    early: false,
+                    health,
+                    refused: false,
+                    took: Duration::ZERO,
+                });
+            }
+            response
+                .body_mut()
+                .with_config()
+                .limit(MAX_A_BODY)
+                .read_to_vec()
+                .map_err(|e| match e {
+                    ureq::Error::Timeout(_) => CallError::Timeout(self.timeout),
+                    other => CallError::BadResponse(format!("reading the body failed: {other}")),
+                })
+                .map_err(|e| Failed::failing(e, false))
+        })?;
+        parse_echo(&result).map_err(|e| Failed::failing(e, false))
     }
 
-    /// Sorts a failure before the answer's head into retryable or final. A timeout is
-    /// retryable only on a first try among replicas, whose own shorter limits (connect, the
-    /// answer's head) it is; any other timeout is the deadline, whatever the phase ureq
-    /// names.
-    fn classify_call(&self, e: ureq::Error, how: Try) -> Attempt {
-        match (e, how) {
-            (ureq::Error::Timeout(ureq::Timeout::Connect), Try::Among) => {
-                Attempt::Retry(CallError::Connect(format!(
-                    "connect took longer than {}ms",
-                    self.connect_timeout.as_millis()
-                )))
-            }
-            (ureq::Error::Timeout(ureq::Timeout::RecvResponse), Try::Among) => {
-                Attempt::Retry(CallError::Timeout(self.timeout))
-            }
-            (e, _) => self.classify_error(e),
-        }
-    }
-
-    fn classify_error(&self, e: ureq::Error) -> Attempt {
+    /// Sorts a failure before a complete answer head into retryable or final, by what had
+    /// arrived: once any byte of the answer is in, it is final (and `bad_response` unless
+    /// the deadline passed). A timeout is retryable only when it is one of the attempt's own
+    /// shorter limits (connect, the answer's head); else it is the deadline.
+    fn classify(&self, e: ureq::Error, limits: Limits) -> Failed {
         use io::ErrorKind::*;
-        let connect = |cause: String| Attempt::Retry(CallError::Connect(cause));
+        let received = transport::attempt_facts().received;
+        let short = |limit: Option<Duration>| limit.is_some_and(|l| l < limits.left);
         match e {
-            ureq::Error::Timeout(_) => Attempt::Failed(CallError::Timeout(self.timeout)),
-            ureq::Error::Io(io) => match io.kind() {
-                ConnectionRefused | ConnectionReset | ConnectionAborted | BrokenPipe
-                | UnexpectedEof | NotConnected | HostUnreachable | NetworkUnreachable
-                | AddrNotAvailable => connect(io.to_string()),
-                _ => Attempt::Failed(CallError::Connect(io.to_string())),
-            },
-            ureq::Error::HostNotFound => connect("host not found".to_string()),
-            ureq::Error::ConnectionFailed => connect("connection failed".to_string()),
-            ureq::Error::Protocol(p) => {
-                Attempt::Failed(CallError::BadResponse(format!("not HTTP: {p}")))
+            ureq::Error::Timeout(ureq::Timeout::Connect) if short(limits.connect) => {
+                let ms = limits.connect.map_or(0, |c| c.as_millis());
+                Failed::failing(
+                    CallError::Connect(format!("connect took longer than {ms}ms")),
+                    true,
+                )
             }
-            other => Attempt::Failed(CallError::BadResponse(other.to_string())),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse)
+                if received == 0 && short(limits.head) =>
+            {
+                Failed::failing(CallError::Timeout(self.timeout), true)
+            }
+            ureq::Error::Timeout(_) => Failed::failing(CallError::Timeout(self.timeout), false),
+            ureq::Error::Protocol(p) => {
+                Failed::failing(CallError::BadResponse(format!("not HTTP: {p}")), false)
+            }
+            _ if received > 0 => Failed::failing(
+                CallError::BadResponse(format!(
+                    "the answer was cut short after {received} bytes: {e}"
+                )),
+                false,
+            ),
+            ureq::Error::Io(io) => {
+                let refused = matches!(
+                    io.kind(),
+                    ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                );
+                let early = refused
+                    || matches!(
+                        io.kind(),
+                        ConnectionReset
+                            | ConnectionAborted
+                            | BrokenPipe
+                            | UnexpectedEof
+                            | NotConnected
+                    );
+                Failed {
+                    refused,
+                    ..Failed::failing(CallError::Connect(io.to_string()), early)
+                }
+            }
+            ureq::Error::HostNotFound => {
+                Failed::failing(CallError::Connect("host not found".to_string()), true)
+            }
+            ureq::Error::ConnectionFailed => {
+                Failed::failing(CallError::Connect("connection failed".to_string()), true)
+            }
+            other => Failed::failing(CallError::BadResponse(other.to_string()), false),
         }
     }
 }
@@ -378,30 +468,6 @@ mod tests {
         ] {
             assert_eq!(parse_echo(bad).unwrap_err().kind(), "bad_response");
         }
-    }
-
-    #[test]
-    fn addresses_are_not_looked_up() {
-        let resolve = |url: &str| {
-            let uri: Uri = url.parse().expect("uri");
-            let config = ureq::config::Config::default();
-            let timeout = NextTimeout {
-                after: ureq::unversioned::transport::time::Duration::from_secs(1),
-                ..NextTimeout::default()
-            };
-            AddressFirst::default()
-                .resolve(&uri, &config, timeout)
-                .map(|a| a.to_vec())
-        };
-        let v4: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-        assert_eq!(resolve("http://127.0.0.1:8080/echo").ok(), Some(vec![v4]));
-        let v6: SocketAddr = "[::1]:80".parse().expect("addr");
-        assert_eq!(resolve("http://[::1]/echo").ok(), Some(vec![v6]));
-        let named = resolve("http://localhost:9/").unwrap_or_default();
-        assert!(
-            named.iter().any(|a| a.ip().is_loopback() && a.port() == 9),
-            "{named:?}"
-        );
     }
 
     #[test]

@@ -1,41 +1,42 @@
 //! Service B: `GET /call-echo?msg=M` calls Service A's `/echo` with one deadline and answers
 //! `{"msg":M,"echo_response":<A's object>}`, or a 503 whose `kind` and `details` say exactly
-//! how the call failed. A may run as several replicas ([`replicas`]): each call goes to the
-//! least loaded one, a replica that keeps failing is ejected by its own breaker
-//! ([`breaker`]), and a call that failed before any byte of the answer is retried once
-//! elsewhere. A bulkhead (at most `--max-inflight` calls at once) keeps a hanging A from
-//! costing B its threads or its `/health`.
-//! Also `GET /health` (liveness), `GET /ready` (readiness: some replica may take a call) and
-//! `GET /metrics`.
+//! how the call failed. A may run as several replicas: each call goes to the replica expected
+//! to answer soonest, a replica that keeps failing is ejected and probed back by B itself,
+//! and a failure before any byte of the answer is retried once elsewhere, within a budget
+//! (the call path: `call`, `choice`, `breaker`, `replicas`, `upkeep`; the client under it:
+//! `client`, `transport`). A bulkhead (at most `--max-inflight` calls at once) keeps a
+//! hanging A from costing B its threads or its `/health`.
+//! Also `GET /health` (liveness), `GET /ready` (readiness: B serves, whatever A does; 503
+//! while draining) and `GET /metrics`.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use echo_core::metrics::latency_histogram;
 use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::json;
 
-pub mod breaker;
-pub mod client;
-pub mod replicas;
+mod breaker;
+mod call;
+mod choice;
+mod client;
+mod metrics;
+mod replicas;
+mod transport;
+mod upkeep;
 
-pub use breaker::{Breaker, Open, Permit};
-pub use client::{Attempt, CallError, EchoClient, Try};
-pub use replicas::{NoReplica, Replica, ReplicaLabel, Replicas, Resolve, Target};
+use call::{Call, Caller};
+use client::{CallError, EchoClient, Forward};
+pub use replicas::{system_resolver, Resolve};
+use replicas::{Replicas, Settings, Target};
 
 /// Service B's settings. [`Config::default`] is the documented default of every flag;
 /// tests build it directly, and only `main.rs` knows the command line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8081`.
     pub listen: String,
@@ -44,26 +45,41 @@ pub struct Config {
     pub service_a_urls: Vec<String>,
     /// Deadline of each call to A, covering connect, send and receive. Default 2000.
     pub timeout_ms: u64,
-    /// With other replicas in rotation, a connect slower than this moves the call on to
-    /// another replica. Default 250.
+    /// With other replicas in rotation, and for every retry, a connect slower than this
+    /// moves the call on. Default 250.
     pub connect_timeout_ms: u64,
-    /// How often host names in `service_a_urls` are resolved again, in the background.
-    /// Default 5000.
+    /// How often host names in `service_a_urls` are resolved again, in the background (and
+    /// at once when a connect is refused or no replica is usable). Default 5000.
     pub resolve_every_ms: u64,
     /// Calls to A in flight at most; more get 503 `overloaded` at once (the bulkhead), so a
     /// hanging A cannot take every thread and descriptor. Default 64.
     pub max_inflight: usize,
-    /// Failed calls in a row that eject a replica (open its breaker; 0 turns it off).
-    /// Default 5.
+    /// Failed calls in a row that eject a replica (0 turns ejection off). Default 5.
     pub breaker_threshold: u32,
-    /// How long an ejected replica gets no calls before one trial call. Default 2000.
+    /// How long a replica's first ejection lasts before B probes it; each ejection in a
+    /// row lasts twice as long. Default 2000.
     pub breaker_cooldown_ms: u64,
+    /// The longest an ejection lasts. Default 30000.
+    pub breaker_max_cooldown_ms: u64,
+    /// Replicas that may be ejected at once, in percent of them (at least one may be):
+    /// beyond, failing replicas stay in rotation, so calls spread over all. Default 50.
+    pub max_ejected_percent: u32,
+    /// A replica that joins (or is readmitted) gets a share of the calls growing from 10 %
+    /// to its full share over this long. Default 5000.
+    pub slow_start_ms: u64,
+    /// Retries at most this share of the calls, in percent (plus a burst of 10). Default 20.
+    pub retry_budget_percent: u32,
+    /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
+    /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
+    pub drain_ms: u64,
     /// Open connections at most, beyond which a new one gets 503. Default: what the
     /// open-file limit allows at two descriptors a connection (one to the client, one to A;
     /// see [`echo_core::server::default_max_connections`]).
     pub max_connections: Option<usize>,
     /// Log level. Default `info`.
     pub log_level: LevelFilter,
+    /// Log line format. Default `text`.
+    pub log_format: echo_core::LogFormat,
 }
 
 impl Default for Config {
@@ -77,8 +93,14 @@ impl Default for Config {
             max_inflight: 64,
             breaker_threshold: 5,
             breaker_cooldown_ms: 2000,
+            breaker_max_cooldown_ms: 30_000,
+            max_ejected_percent: 50,
+            slow_start_ms: 5000,
+            retry_budget_percent: 20,
+            drain_ms: 5000,
             max_connections: None,
             log_level: LevelFilter::Info,
+            log_format: echo_core::LogFormat::Text,
         }
     }
 }
@@ -94,9 +116,13 @@ impl Config {
     }
 }
 
-/// `--service-a-url` must be `http://host[:port][/prefix]`: no other scheme, no query.
+/// `--service-a-url` must be `http://host[:port][/prefix]`: no other scheme, no query, and
+/// no user information (it would never be sent, and must never reach a log line).
 pub fn parse_service_a_url(s: &str) -> Result<String, String> {
-    let uri: ureq::http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL: {e}"))?;
+    let uri: ureq::http::Uri = s.parse().map_err(|_| "is not a URL".to_string())?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("must not carry user information (user:password@): B never sends it".into());
+    }
     if uri.scheme_str() != Some("http") {
         return Err(format!("'{s}' must start with http:// (no TLS support)"));
     }
@@ -106,118 +132,24 @@ pub fn parse_service_a_url(s: &str) -> Result<String, String> {
     Ok(s.trim_end_matches('/').to_string())
 }
 
-/// Labels of `upstream_requests_total`: the replica that gave the final answer (`none` for a
-/// call never made) and the outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    replica: String,
-    outcome: &'static str,
-}
-
-/// B's own metrics about its calls to A.
-#[derive(Debug)]
-struct Upstream {
-    outcomes: Family<Outcome, Counter>,
-    retries: Counter,
-    duration: Histogram,
-    in_flight: Gauge,
-}
-
-/// At most `limit` calls to A at once; a slot is held for the whole call.
-#[derive(Debug)]
-struct Bulkhead {
-    limit: usize,
-    used: AtomicUsize,
-    gauge: Gauge,
-}
-
-/// One slot of the bulkhead, given back on drop.
-struct Slot<'a>(&'a Bulkhead);
-
-impl Bulkhead {
-    fn try_enter(&self) -> Option<Slot<'_>> {
-        let before = self.used.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(self);
-        if before >= self.limit {
-            return None; // dropping `slot` gives the count back
-        }
-        self.gauge.set((before + 1) as i64);
-        Some(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let now = self.0.used.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.0.gauge.set(now.min(self.0.limit) as i64);
-    }
-}
-
-/// How a call to A ended, and on which replica (`None` when it was never made).
-struct Call {
-    result: Result<Value, CallError>,
-    replica: Option<Arc<Replica>>,
-}
-
-/// The service itself: the handlers, the replicas of A and what guards the calls.
+/// The service itself: the handlers and the guarded call to A.
 #[derive(Debug)]
 pub struct ServiceB {
-    client: EchoClient,
-    replicas: Arc<Replicas>,
+    caller: Caller,
     /// The first `--service-a-url`, named in the log of a call never made.
     first_url: String,
     /// The longest path prefix of any `--service-a-url`, for the target length check.
     longest_prefix: usize,
-    bulkhead: Bulkhead,
-    upstream: Upstream,
     metrics: Arc<Metrics>,
 }
 
 impl ServiceB {
-    /// Builds the service with its own metrics (see [`ServiceB::metrics_handle`]) and
-    /// resolves A's names once with the system's resolver; [`spawn`] starts their
-    /// background re-resolution.
-    pub fn new(config: &Config) -> ServiceB {
-        ServiceB::with_resolver(config, replicas::system_resolver())
-    }
-
-    /// Like [`ServiceB::new`], resolving A's host names with `resolve`.
-    pub fn with_resolver(config: &Config, resolve: Resolve) -> ServiceB {
+    /// Builds the service with its own metrics and resolves A's names once with `resolve`;
+    /// [`spawn`] starts their background upkeep.
+    fn new(config: &Config, resolve: Resolve) -> ServiceB {
         let mut metrics = Metrics::new();
-        let timeout = Duration::from_millis(config.timeout_ms);
-        let upstream = Upstream {
-            outcomes: Family::default(),
-            retries: Counter::default(),
-            duration: latency_histogram(),
-            in_flight: Gauge::default(),
-        };
-        let breaker_states = Family::<ReplicaLabel, Gauge>::default();
-        let registry = metrics.registry();
-        registry.register(
-            "upstream_requests",
-            "Calls to Service A by the replica that answered last and outcome: ok, or the 503 kind",
-            upstream.outcomes.clone(),
-        );
-        registry.register(
-            "upstream_retries",
-            "Calls to Service A retried once, on another replica when there is one",
-            upstream.retries.clone(),
-        );
-        registry.register(
-            "upstream_request_duration_seconds",
-            "Duration of the calls to Service A that were made (not refused by the bulkhead or breakers)",
-            upstream.duration.clone(),
-        );
-        registry.register(
-            "upstream_in_flight",
-            "Calls to Service A in flight",
-            upstream.in_flight.clone(),
-        );
-        registry.register(
-            "circuit_breaker_state",
-            "The breaker of each replica of Service A: 0 closed, 1 open (ejected), 2 half-open",
-            breaker_states.clone(),
-        );
+        let upstream = Arc::new(metrics::Upstream::default());
+        upstream.register(metrics.registry());
         // Config URLs were checked by parse_service_a_url; one that still fails is skipped.
         let targets: Vec<Target> = config
             .service_a_urls
@@ -229,39 +161,37 @@ impl ServiceB {
             })
             .collect();
         let longest_prefix = targets.iter().map(Target::prefix_len).max().unwrap_or(0);
-        let replicas = Replicas::new(
+        let ms = Duration::from_millis;
+        let settings = Settings {
+            threshold: config.breaker_threshold,
+            cooldown: ms(config.breaker_cooldown_ms),
+            max_cooldown: ms(config.breaker_max_cooldown_ms),
+            max_ejected_percent: config.max_ejected_percent,
+            slow_start: ms(config.slow_start_ms),
+        };
+        let replicas = Arc::new(Replicas::new(
             targets,
             resolve,
-            config.breaker_threshold,
-            Duration::from_millis(config.breaker_cooldown_ms),
-            breaker_states,
+            settings,
+            Arc::clone(&upstream),
+        ));
+        upstream.watch(&replicas);
+        let caller = Caller::new(
+            EchoClient::new(ms(config.timeout_ms)),
+            replicas,
+            ms(config.connect_timeout_ms),
+            config.max_inflight,
+            config.retry_budget_percent,
         );
-        let max_inflight = config.max_inflight.max(1);
         ServiceB {
-            client: EchoClient::new(
-                timeout,
-                Duration::from_millis(config.connect_timeout_ms),
-                max_inflight,
-            ),
-            replicas: Arc::new(replicas),
+            caller,
             first_url: config.service_a_urls.first().cloned().unwrap_or_default(),
             longest_prefix,
-            bulkhead: Bulkhead {
-                limit: max_inflight,
-                used: AtomicUsize::new(0),
-                gauge: upstream.in_flight.clone(),
-            },
-            upstream,
             metrics: Arc::new(metrics),
         }
     }
 
-    /// The metrics the server wrapper records requests in and `/metrics` shows.
-    pub fn metrics_handle(&self) -> Arc<Metrics> {
-        Arc::clone(&self.metrics)
-    }
-
-    /// Answers one request; called by the server wrapper, or directly by unit tests.
+    /// Answers one request; called by the server, or directly by unit tests.
     pub fn handle(&self, req: &Request) -> Response {
         route(
             self,
@@ -275,15 +205,13 @@ impl ServiceB {
         )
     }
 
-    /// Ready while some replica of A may take a call (so an orchestrator sends traffic,
-    /// and trials, to a B that can serve it).
-    fn ready(&self, _: &Request) -> Response {
-        let set = self.replicas.snapshot();
-        if self.replicas.available(&set) > 0 {
-            return Response::json(200, &json!({ "status": "ready" }));
+    /// Ready whenever B serves, whatever A does (with every A ejected B still answers its
+    /// 503s, and an orchestrator must not take B away for it); 503 only while draining.
+    fn ready(&self, req: &Request) -> Response {
+        match req.draining {
+            false => Response::json(200, &json!({ "status": "ready" })),
+            true => Response::json(503, &json!({ "status": "draining" })),
         }
-        let reason = CallError::from(self.replicas.none_available(&set)).to_string();
-        Response::json(503, &json!({ "status": "not ready", "reason": reason }))
     }
 
     fn call_echo(&self, req: &Request) -> Response {
@@ -298,37 +226,43 @@ impl ServiceB {
         if self.longest_prefix + path.len() > echo_core::server::MAX_TARGET_BYTES {
             return Response::error(414, "Message too long: Service A's URL would exceed 8 KiB");
         }
-        let timeout_ms = self.client.timeout().as_millis();
-        let started = Instant::now();
-        let Call { result, replica } = self.call_a(&path, &req.request_id);
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let id = &req.request_id;
-        let (url, name) = match &replica {
-            Some(r) => (format!("{}{path}", r.base), r.addr.to_string()),
-            None => (format!("{}{path}", self.first_url), "none".to_string()),
+        let traceparent = req.trace.child_traceparent();
+        let forward = Forward {
+            request_id: &req.request_id,
+            traceparent: &traceparent,
+            tracestate: req.trace.state.as_deref(),
         };
+        let started = Instant::now();
+        let Call { result, replica } = self.caller.call(&path, forward);
+        let replica_name = replica
+            .as_ref()
+            .map_or("none".to_string(), |r| r.addr.to_string());
+        let base = replica
+            .as_ref()
+            .map_or(self.first_url.as_str(), |r| r.base.as_str());
+        self.log_call(
+            req,
+            &format!("{base}{path}"),
+            &replica_name,
+            &result,
+            started,
+        );
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
-        self.upstream
+        self.caller
+            .replicas
+            .metrics
             .outcomes
-            .get_or_create(&Outcome {
-                replica: name.clone(),
+            .get_or_create(&metrics::Outcome {
+                replica: replica_name.clone(),
                 outcome,
             })
             .inc();
         match result {
-            Ok(echo) => {
-                log::info!(target: "service_b", "call to Service A ok: GET {url} replica={name} timeout={timeout_ms}ms status=200 {ms:.2}ms request_id={id}");
-                Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
-                    .with_log_field("replica", name)
-            }
+            Ok(echo) => Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
+                .with_log_field("replica", replica_name),
             Err(e) => {
-                let verb = match e {
-                    CallError::Overloaded(_) | CallError::CircuitOpen(_) => "not made",
-                    _ => "failed",
-                };
-                log::warn!(target: "service_b", "call to Service A {verb}: GET {url} replica={name} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{e}\" request_id={id}", e.kind());
                 let body = json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() });
-                let response = Response::json(503, &body).with_log_field("replica", name);
+                let response = Response::json(503, &body).with_log_field("replica", replica_name);
                 match e.retry_after() {
                     Some(secs) => response.with_header("Retry-After", secs.to_string()),
                     None => response,
@@ -337,84 +271,35 @@ impl ServiceB {
         }
     }
 
-    /// The guarded call: a bulkhead slot, the least-loaded replica whose breaker lets the
-    /// call through, and one retry (on another replica when one may take it, else on a
-    /// fresh connection to the same) for a failure before any byte of the answer, within
-    /// the same deadline.
-    fn call_a(&self, path: &str, request_id: &str) -> Call {
-        let never_made = |e| Call {
-            result: Err(e),
-            replica: None,
-        };
-        let Some(_slot) = self.bulkhead.try_enter() else {
-            return never_made(CallError::Overloaded(self.bulkhead.limit));
-        };
-        let started = Instant::now();
-        let set = self.replicas.snapshot();
-        let how = match self.replicas.available(&set) {
-            0 | 1 => Try::Alone,
-            _ => Try::Among,
-        };
-        let (first, permit) = match self.replicas.pick(&set, None) {
-            Ok(picked) => picked,
-            Err(none) => return never_made(none.into()),
-        };
-        let cause = match self.attempt(first, how, path, request_id) {
-            Err(Attempt::Retry(cause)) => cause,
-            done => return self.done(started, first, permit, done),
-        };
-        let left = self.client.timeout().saturating_sub(started.elapsed());
-        if left.is_zero() {
-            let timeout = CallError::Timeout(self.client.timeout());
-            return self.done(started, first, permit, Err(Attempt::Failed(timeout)));
-        }
-        self.upstream.retries.inc();
-        // Another replica if one may take the call; else the same on a fresh connection,
-        // under the same permit, so that its breaker counts this call once.
-        let (replica, permit) = match self.replicas.pick(&set, Some(first)) {
-            Ok((second, second_permit)) => {
-                permit.record(Some(cause.to_string()));
-                (second, second_permit)
-            }
-            Err(_) => (first, permit),
-        };
-        log::debug!(target: "service_b", "retrying on replica {} after {} failed: {cause} request_id={request_id}", replica.addr, first.addr);
-        let outcome = self.attempt(replica, Try::Retry(left), path, request_id);
-        self.done(started, replica, permit, outcome)
-    }
-
-    /// One attempt on `replica`, counted in its load.
-    fn attempt(
+    /// B's line about its call to A: URL, deadline, outcome (A's status, or the failure's
+    /// kind and error), duration, then the request's id, trace and replica.
+    fn log_call(
         &self,
-        replica: &Replica,
-        how: Try,
-        path: &str,
-        request_id: &str,
-    ) -> Result<Value, Attempt> {
-        let _load = replica.enter();
-        let url = format!("{}{path}", replica.base);
-        self.client.attempt(how, &url, request_id)
-    }
-
-    /// Reports the call's outcome to the replica's breaker and ends the call. A 4xx from A
-    /// means B asked wrongly, not that A is failing: not a breaker failure.
-    fn done(
-        &self,
+        req: &Request,
+        url: &str,
+        replica: &str,
+        result: &Result<serde_json::Value, CallError>,
         started: Instant,
-        replica: &Arc<Replica>,
-        permit: Permit<'_>,
-        outcome: Result<Value, Attempt>,
-    ) -> Call {
-        permit.record(match &outcome {
-            Ok(_) | Err(Attempt::Failed(CallError::Status(400..=499))) => None,
-            Err(Attempt::Retry(e) | Attempt::Failed(e)) => Some(e.to_string()),
-        });
-        self.upstream
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        Call {
-            result: outcome.map_err(Attempt::into_error),
-            replica: Some(Arc::clone(replica)),
+    ) {
+        let timeout_ms = self.caller.client.timeout().as_millis() as u64;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (id, trace, span) = (&req.request_id, &req.trace.trace_id, &req.trace.span_id);
+        match result {
+            Ok(_) => log::info!(target: "service_b",
+                url = url, timeout_ms = timeout_ms, upstream_status = 200u16, latency_ms = ms,
+                request_id = id.as_str(), trace_id = trace.as_str(), span_id = span.as_str(), replica = replica;
+                "call to Service A ok: GET {url} timeout={timeout_ms}ms status=200 {ms:.2}ms"),
+            Err(e) => {
+                let verb = match e {
+                    CallError::Overloaded(_) | CallError::CircuitOpen(_) => "not made",
+                    _ => "failed",
+                };
+                let error = e.to_string();
+                log::warn!(target: "service_b",
+                    url = url, timeout_ms = timeout_ms, kind = e.kind(), latency_ms = ms, error = error.as_str(),
+                    request_id = id.as_str(), trace_id = trace.as_str(), span_id = span.as_str(), replica = replica;
+                    "call to Service A {verb}: GET {url} timeout={timeout_ms}ms kind={} {ms:.2}ms error=\"{error}\"", e.kind());
+            }
         }
     }
 }
@@ -425,19 +310,19 @@ pub fn spawn(config: Config) -> io::Result<ServerHandle> {
 }
 
 /// Like [`spawn`], resolving A's host names with `resolve` (tests give names of their own).
-pub fn spawn_with_resolver(config: Config, resolve: Resolve) -> io::Result<ServerHandle> {
+pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<ServerHandle> {
     let listener = echo_core::server::bind(&config.listen)?;
-    let max_connections = config
+    let max_connections = *config
         .max_connections
-        .unwrap_or_else(|| echo_core::server::default_max_connections(2));
-    let service = ServiceB::with_resolver(&config, resolve);
-    log::info!(target: "service_b", "config: listen={} service_a_url={} replicas={} timeout_ms={} connect_timeout_ms={} resolve_every_ms={} max_inflight={} breaker_threshold={} breaker_cooldown_ms={} max_connections={max_connections} log_level={}",
-        config.listen, config.service_a_urls.join(","), service.replicas.describe(), config.timeout_ms, config.connect_timeout_ms, config.resolve_every_ms, config.max_inflight,
-        config.breaker_threshold, config.breaker_cooldown_ms, config.log_level);
-    service
-        .replicas
-        .resolve_in_background(Duration::from_millis(config.resolve_every_ms.max(1)));
-    let metrics = service.metrics_handle();
+        .get_or_insert_with(|| echo_core::server::default_max_connections(2));
+    let service = ServiceB::new(&config, resolve);
+    let replicas = Arc::clone(&service.caller.replicas);
+    log::info!(target: "service_b", "{} replicas={}", echo_core::cli::config_line(&config), replicas.describe());
+    upkeep::start(
+        &replicas,
+        Duration::from_millis(config.resolve_every_ms.max(1)),
+    );
+    let metrics = Arc::clone(&service.metrics);
     echo_core::serve(
         "service_b",
         listener,
@@ -453,13 +338,25 @@ mod tests {
 
     /// A B whose A is a closed port: every call that reaches the client fails to connect.
     fn service() -> ServiceB {
-        ServiceB::new(&Config::on("127.0.0.1:0", "http://127.0.0.1:1"))
+        ServiceB::new(
+            &Config::on("127.0.0.1:0", "http://127.0.0.1:1"),
+            system_resolver(),
+        )
     }
 
     #[test]
-    fn health_is_ok_with_a_down() {
-        let r = service().handle(&Request::get("/health"));
+    fn health_and_ready_are_ok_with_a_down() {
+        let b = service();
+        let r = b.handle(&Request::get("/health"));
         assert_eq!((r.status, r.json_body()), (200, json!({"status": "ok"})));
+        for _ in 0..10 {
+            b.handle(&Request::get("/call-echo?msg=x"));
+        }
+        let r = b.handle(&Request::get("/ready"));
+        assert_eq!((r.status, r.json_body()), (200, json!({"status": "ready"})));
+        let mut draining = Request::get("/ready");
+        draining.draining = true;
+        assert_eq!(b.handle(&draining).status, 503);
     }
 
     #[test]
@@ -514,7 +411,7 @@ mod tests {
     #[test]
     fn service_a_url_must_be_plain_http() {
         assert_eq!(
-            parse_service_a_url("http://127.0.0.1:8080/").unwrap(),
+            parse_service_a_url("http://127.0.0.1:8080/").unwrap_or_default(),
             "http://127.0.0.1:8080"
         );
         assert!(parse_service_a_url("http://a:1/prefix").is_ok());
@@ -525,9 +422,13 @@ mod tests {
             "http://",
             "http://a:1/?x=1",
             "not a url",
+            "http://user:secret@a:1",
+            "http://user@a",
         ] {
             assert!(parse_service_a_url(bad).is_err(), "{bad}");
         }
+        let refused = parse_service_a_url("http://user:secret@a:1").unwrap_err();
+        assert!(!refused.contains("secret"), "{refused}");
     }
 
     #[test]

@@ -65,30 +65,24 @@ fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
     );
 }
 
-/// Polls `/ready` (the breaker's own signal) until it answers `status`.
-fn wait_ready(b: &echo_core::ServerHandle, status: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(b.addr(), "/ready").status != status {
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    true
+/// The requests that reached the fake, apart from B's probes of its `/ready`.
+fn calls_reaching(fake: &FakeA) -> usize {
+    let requests = fake.requests();
+    requests.iter().filter(|r| !r.starts_with("GET /ready ")).count()
 }
 
 #[test]
-fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
+fn the_breaker_ejects_and_only_b_s_own_probe_readmits() {
     let fake = FakeA::start(Behaviour::Answer(500, r#"{"error":"down"}"#.into()));
     let b = b_with(&fake.url(), |c| {
         c.breaker_threshold = 3;
-        c.breaker_cooldown_ms = 700;
+        c.breaker_cooldown_ms = 200;
+        c.breaker_max_cooldown_ms = 400;
     });
-    assert_eq!(get(b.addr(), "/ready").json(), json!({"status": "ready"}));
     for _ in 0..3 {
         assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "status");
     }
-    assert_eq!(fake.requests().len(), 3);
+    assert_eq!(calls_reaching(&fake), 3);
 
     let started = Instant::now();
     let open = get(b.addr(), "/call-echo?msg=x");
@@ -100,47 +94,36 @@ fn the_breaker_opens_fails_fast_and_closes_after_a_good_trial() {
     let cause = "Circuit open after 3 failures; last: Service A returned HTTP 500; next try in ";
     assert!(details.starts_with(cause), "{details}");
     assert_eq!(open.header("Retry-After"), Some("1"));
-    assert_eq!(
-        fake.requests().len(),
-        3,
-        "A was called while the breaker was open"
-    );
-    let ready = get(b.addr(), "/ready");
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["status"], "not ready");
-    assert!(ready.json()["reason"].as_str().is_some_and(
-        |r| r.starts_with("Circuit open after 3 failures; last: Service A returned HTTP 500")
-    ));
-    assert_eq!(
-        get(b.addr(), "/health").status,
-        200,
-        "liveness is not readiness"
-    );
+    // B's readiness does not depend on A: with A ejected it still answers its 503s.
+    assert_eq!(get(b.addr(), "/ready").json(), json!({"status": "ready"}));
 
-    // A still fails: the trial call after the cooldown opens the breaker again.
-    assert!(wait_ready(&b, 200), "never ready for a trial");
-    assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "status");
-    assert_eq!(
-        get(b.addr(), "/call-echo?msg=x").json()["kind"],
-        "circuit_open"
+    // A still fails: B's own probe of /ready (500 too) ejects it again, for longer, and
+    // no user call ever reached A meanwhile.
+    let replica = fake.addr;
+    wait_for_metrics(
+        b.addr(),
+        &[&format!(
+            r#"upstream_probes_total{{replica="{replica}",kind="health",result="failed"}} 2"#
+        )],
     );
-    assert_eq!(fake.requests().len(), 4);
+    assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "circuit_open");
+    assert_eq!(calls_reaching(&fake), 3, "a user call was the trial");
+    let cooldown = format!(r#"upstream_ejection_cooldown_seconds{{replica="{replica}"}} 0.4"#);
+    wait_for_metrics(b.addr(), &[&cooldown]);
 
-    // A recovers: the next trial succeeds and closes the breaker.
+    // A recovers: the next probe readmits it, and calls reach it again.
     fake.set(Behaviour::Answer(200, r#"{"echo":"x"}"#.into()));
-    assert!(wait_ready(&b, 200), "never ready for a trial");
+    wait_for_metrics(
+        b.addr(),
+        &[&format!(r#"circuit_breaker_state{{replica="{replica}"}} 0"#)],
+    );
     assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
-    assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
-    assert_eq!(get(b.addr(), "/ready").status, 200);
     wait_for_metrics(
         b.addr(),
         &[
-            &format!(r#"circuit_breaker_state{{replica="{}"}} 0"#, fake.addr),
+            &format!(r#"upstream_probes_total{{replica="{replica}",kind="health",result="ok"}} 1"#),
             r#"upstream_requests_total{replica="none",outcome="circuit_open"} 2"#,
-            &format!(
-                r#"upstream_requests_total{{replica="{}",outcome="ok"}} 2"#,
-                fake.addr
-            ),
+            &format!(r#"upstream_requests_total{{replica="{replica}",outcome="ok"}} 1"#),
         ],
     );
 }
@@ -225,7 +208,6 @@ fn a_4xx_from_a_does_not_open_the_breaker() {
         assert_eq!(r.json()["details"], "Service A returned HTTP 404");
     }
     assert_eq!(fake.requests().len(), 5, "the breaker opened on A's 4xx");
-    assert_eq!(get(b.addr(), "/ready").status, 200);
 }
 
 #[test]

@@ -1,0 +1,332 @@
+//! The guarded call from B to A: a bulkhead slot, a replica chosen by `choice`, limits for
+//! the attempt, and at most one retry — for a failure before any byte of the answer, within
+//! what is left of the one deadline, on another replica of B's current view when one is
+//! usable (never the one that just failed, never one that left), else on a fresh connection
+//! to the same, and only while the retry budget allows. Each attempt's outcome feeds its
+//! replica's breaker and latency estimate; a refused connect or no usable replica asks for a
+//! re-resolution at once.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
+
+use crate::choice::{choose, fastest_estimate, Chosen};
+use crate::client::{CallError, EchoClient, Failed, Forward, Health, Limits};
+use crate::metrics::Upstream;
+use crate::replicas::{Replica, Replicas};
+
+/// A first try among several replicas waits at most this many times the fastest replica's
+/// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the
+/// deadline), then the call moves on: Envoy's per-try timeout, learnt.
+const PER_TRY_FACTOR: f64 = 10.0;
+const PER_TRY_FLOOR: Duration = Duration::from_millis(100);
+/// A probe of a passed-over replica waits at most this many times the fastest estimate (at
+/// least [`PROBE_FLOOR`], at most the per-try limit): what a user pays when it is still slow.
+const PROBE_FACTOR: f64 = 4.0;
+const PROBE_FLOOR: Duration = Duration::from_millis(20);
+/// The retry budget holds at most this many retries (and starts full): a burst beyond the
+/// budget's share, for a fleet with little traffic.
+const BUDGET_BURST: i64 = 10;
+
+/// How a call to A ended, and on which replica (`None` when it was never made).
+pub(crate) struct Call {
+    pub(crate) result: Result<Value, CallError>,
+    pub(crate) replica: Option<Arc<Replica>>,
+}
+
+/// At most `limit` calls to A at once; a slot is held for the whole call.
+#[derive(Debug)]
+struct Bulkhead {
+    limit: usize,
+    used: AtomicUsize,
+    gauge: Gauge,
+}
+
+/// One slot of the bulkhead, given back on drop.
+struct Slot<'a>(&'a Bulkhead);
+
+impl Bulkhead {
+    fn try_enter(&self) -> Option<Slot<'_>> {
+        let before = self.used.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(self);
+        if before >= self.limit {
+            return None; // dropping `slot` gives the count back
+        }
+        self.gauge.set((before + 1) as i64);
+        Some(slot)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let now = self.0.used.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.gauge.set(now.min(self.0.limit) as i64);
+    }
+}
+
+/// Retries at most a share of the calls (Linkerd's and Envoy's retry budgets): each call
+/// adds its share of a retry, a retry takes a whole one, and at most [`BUDGET_BURST`] are
+/// kept, so a failing fleet is never sent twice its load. In thousandths, one atomic.
+#[derive(Debug)]
+struct RetryBudget {
+    per_call: i64,
+    tokens: AtomicI64,
+}
+
+impl RetryBudget {
+    fn new(percent: u32) -> RetryBudget {
+        RetryBudget {
+            per_call: i64::from(percent) * 10,
+            tokens: AtomicI64::new(BUDGET_BURST * 1000),
+        }
+    }
+
+    fn deposit(&self) {
+        let before = self.tokens.fetch_add(self.per_call, Ordering::Relaxed);
+        if before + self.per_call > BUDGET_BURST * 1000 {
+            self.tokens
+                .fetch_min(BUDGET_BURST * 1000, Ordering::Relaxed);
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
+}
+
+/// What calls A: the client, the replicas and what guards them.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    pub(crate) client: EchoClient,
+    pub(crate) replicas: Arc<Replicas>,
+    connect_timeout: Duration,
+    bulkhead: Bulkhead,
+    budget: RetryBudget,
+}
+
+impl Caller {
+    /// `max_inflight` calls at once, retries within `retry_percent` of the calls.
+    pub(crate) fn new(
+        client: EchoClient,
+        replicas: Arc<Replicas>,
+        connect_timeout: Duration,
+        max_inflight: usize,
+        retry_percent: u32,
+    ) -> Caller {
+        let gauge = replicas.metrics.in_flight.clone();
+        Caller {
+            client,
+            replicas,
+            connect_timeout,
+            bulkhead: Bulkhead {
+                limit: max_inflight.max(1),
+                used: AtomicUsize::new(0),
+                gauge,
+            },
+            budget: RetryBudget::new(retry_percent),
+        }
+    }
+
+    fn metrics(&self) -> &Upstream {
+        &self.replicas.metrics
+    }
+
+    /// Calls A's `path` (`/echo?msg=…`) with the forwarded headers.
+    pub(crate) fn call(&self, path: &str, forward: Forward<'_>) -> Call {
+        let never_made = |e| Call {
+            result: Err(e),
+            replica: None,
+        };
+        let Some(_slot) = self.bulkhead.try_enter() else {
+            return never_made(CallError::Overloaded(self.bulkhead.limit));
+        };
+        let started = Instant::now();
+        let timeout = self.client.timeout();
+        let set = self.replicas.snapshot();
+        let Some((first, chosen)) = choose(&set, None, true) else {
+            self.replicas.resolve_soon("no_replica");
+            return never_made(self.replicas.none_available(&set).into());
+        };
+        self.budget.deposit();
+        let limits = self.first_limits(&set, chosen, timeout);
+        let outcome = self.attempt(first, path, limits, forward);
+        if chosen == Chosen::Probe {
+            self.metrics()
+                .probed(first.addr, "latency", outcome.is_ok());
+        }
+        let failed = match outcome {
+            Err(failed) if failed.early => failed,
+            outcome => return self.done(started, first, outcome),
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            let timed_out = Failed {
+                error: CallError::Timeout(timeout),
+                ..failed
+            };
+            return self.done(started, first, Err(timed_out));
+        }
+        if !self.budget.withdraw() {
+            self.metrics().retries_denied.inc();
+            log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.error, forward.request_id);
+            return self.done(started, first, Err(failed));
+        }
+        // From the view now: another usable replica, else the same on a fresh connection
+        // (a pooled connection may have died while idle), where the call counts once.
+        let now = self.replicas.snapshot();
+        let (replica, fresh) = match choose(&now, Some(first), false) {
+            Some((second, _)) => {
+                self.record(first, &Err(failed));
+                (Arc::clone(second), false)
+            }
+            None if !first.departed() => (Arc::clone(first), true),
+            None => return self.done(started, first, Err(failed)),
+        };
+        self.metrics().retries.inc();
+        log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
+        let limits = Limits {
+            left,
+            connect: Some(self.connect_timeout.min(left)),
+            head: None,
+            fresh,
+        };
+        let outcome = self.attempt(&replica, path, limits, forward);
+        self.done(started, &replica, outcome)
+    }
+
+    /// The limits of a first try: alone, the whole deadline for every phase; among
+    /// several, `--connect-timeout-ms` to connect and a learnt per-try limit for the head
+    /// of the answer; a probe, a tighter one.
+    fn first_limits(&self, set: &[Arc<Replica>], chosen: Chosen, timeout: Duration) -> Limits {
+        let fastest = Duration::from_nanos(fastest_estimate(set) as u64);
+        let per_try = fastest
+            .mul_f64(PER_TRY_FACTOR)
+            .max(PER_TRY_FLOOR)
+            .min(timeout / 2);
+        let head = match chosen {
+            Chosen::Only => {
+                return Limits {
+                    left: timeout,
+                    connect: None,
+                    head: None,
+                    fresh: false,
+                }
+            }
+            Chosen::Balanced => per_try,
+            Chosen::Probe => fastest.mul_f64(PROBE_FACTOR).max(PROBE_FLOOR).min(per_try),
+        };
+        Limits {
+            left: timeout,
+            connect: Some(self.connect_timeout.min(head.max(PROBE_FLOOR))),
+            head: Some(head),
+            fresh: false,
+        }
+    }
+
+    /// One attempt on `replica`, counted in its load.
+    fn attempt(
+        &self,
+        replica: &Replica,
+        path: &str,
+        limits: Limits,
+        forward: Forward<'_>,
+    ) -> Result<(Value, Duration), Failed> {
+        let _load = replica.enter();
+        let started = Instant::now();
+        let url = format!("{}{path}", replica.base);
+        self.client
+            .attempt(&url, limits, forward)
+            .map(|value| (value, started.elapsed()))
+            .map_err(|failed| Failed {
+                took: started.elapsed(),
+                ..failed
+            })
+    }
+
+    /// What an attempt teaches about its replica: its breaker and latency estimate, and a
+    /// re-resolution when its connect was refused.
+    fn record(&self, replica: &Replica, outcome: &Result<(Value, Duration), Failed>) {
+        let failed = match outcome {
+            Ok((_, took)) => {
+                replica.breaker.succeeded();
+                return replica.observe(*took);
+            }
+            Err(failed) => failed,
+        };
+        match failed.health {
+            Health::Fine => replica.breaker.succeeded(),
+            Health::Slower(at_least) => replica.observe(failed.took.max(at_least)),
+            Health::Failing => {
+                replica.observe(failed.took.max(self.client.timeout() / 2));
+                let set = self.replicas.snapshot();
+                let cause = failed.error.to_string();
+                if replica
+                    .breaker
+                    .failed(cause, || self.replicas.may_eject(&set))
+                {
+                    self.metrics().ejected(replica.addr);
+                    self.replicas.wake_upkeep();
+                }
+            }
+        }
+        if failed.refused {
+            self.replicas.resolve_soon("refused");
+        }
+    }
+
+    /// Ends the call on `replica`: records the last attempt and the duration.
+    fn done(
+        &self,
+        started: Instant,
+        replica: &Arc<Replica>,
+        outcome: Result<(Value, Duration), Failed>,
+    ) -> Call {
+        self.record(replica, &outcome);
+        self.metrics()
+            .duration
+            .0
+            .observe(started.elapsed().as_secs_f64());
+        Call {
+            result: outcome.map(|(value, _)| value).map_err(|f| f.error),
+            replica: Some(Arc::clone(replica)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_budget_allows_its_share_and_a_burst() {
+        let budget = RetryBudget::new(20);
+        let burst = (0..100).take_while(|_| budget.withdraw()).count();
+        assert_eq!(burst, BUDGET_BURST as usize);
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        let allowed = (0..100).take_while(|_| budget.withdraw()).count();
+        assert_eq!(allowed, 10, "20 % of 50 calls");
+        for _ in 0..10_000 {
+            budget.deposit();
+        }
+        assert_eq!(
+            (0..100).take_while(|_| budget.withdraw()).count(),
+            10,
+            "never above the burst"
+        );
+        let none = RetryBudget::new(0);
+        (0..10).for_each(|_| {
+            none.withdraw();
+        });
+        none.deposit();
+        assert!(!none.withdraw());
+    }
+}

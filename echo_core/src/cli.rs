@@ -28,12 +28,33 @@ pub fn parse<C: Parser>(name: &str) -> C {
             e.exit()
         }
         Err(e) => {
-            let text = e.to_string();
+            let text = redact_userinfo(&e.to_string());
             let first = text.lines().next().unwrap_or("invalid arguments");
             eprintln!("{name}: {}", first.trim_start_matches("error: "));
             std::process::exit(2)
         }
     }
+}
+
+/// `http://user:password@host` → `http://…@host` anywhere in `text`: a refused URL is
+/// named in the error, its credentials never.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '?', '#', '\'', ' ']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push('…');
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The config line every service logs at start, `config: key=value …`, from its `Config` as
@@ -212,4 +233,17 @@ pub fn status_of(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<u1
 fn fail(name: &str, message: &str) -> ExitCode {
     eprintln!("{name}: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_urls_are_never_shown() {
+        let text = "invalid value 'http://admin:s3cret@10.0.0.1:80/x' for '--url': no";
+        assert_eq!(
+            super::redact_userinfo(text),
+            "invalid value 'http://…@10.0.0.1:80/x' for '--url': no"
+        );
+        assert_eq!(super::redact_userinfo("http://a:1/@x"), "http://a:1/@x");
+    }
 }

@@ -90,7 +90,6 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    let text = WriteLogger::new(level, config, ThreadBuffer);
     // A duplicate of the stdout descriptor: writes through it take no user-space lock.
     let out = std::io::stdout()
         .as_fd()
@@ -98,7 +97,7 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .ok()
         .map(File::from);
     let logger = LineLogger {
-        text,
+        config,
         format,
         level,
         out,
@@ -167,6 +166,8 @@ fn ceil_char(s: &str, mut i: usize) -> usize {
 thread_local! {
     /// The line being formatted on this thread.
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// This thread's simplelog formatter.
+    static TEXT: RefCell<Option<Box<WriteLogger<ThreadBuffer>>>> = const { RefCell::new(None) };
 }
 
 /// simplelog's writer: appends to this thread's [`LINE`], so its lock covers formatting only.
@@ -185,7 +186,9 @@ impl Write for ThreadBuffer {
 
 /// The process's logger: formats a record in the chosen format, writes it in one `write`.
 struct LineLogger {
-    text: Box<WriteLogger<ThreadBuffer>>,
+    /// simplelog's settings; each thread formats with a `WriteLogger` of its own, whose lock
+    /// no other thread ever waits for.
+    config: simplelog::Config,
     format: LogFormat,
     level: LevelFilter,
     out: Option<File>,
@@ -200,13 +203,19 @@ impl LineLogger {
         let _ = record.key_values().visit(&mut Appended(&mut message));
         let line = format_line(record.level(), record.target(), &message);
         let line = cut_middle(&line, MAX_LINE - TEXT_OVERHEAD);
-        self.text.log(
-            &Record::builder()
-                .args(format_args!("{line}"))
-                .level(record.level())
-                .target(record.target())
-                .build(),
-        );
+        TEXT.with(|text| {
+            text.borrow_mut()
+                .get_or_insert_with(|| {
+                    WriteLogger::new(self.level, self.config.clone(), ThreadBuffer)
+                })
+                .log(
+                    &Record::builder()
+                        .args(format_args!("{line}"))
+                        .level(record.level())
+                        .target(record.target())
+                        .build(),
+                )
+        });
         LINE.with(|buf| std::mem::take(&mut *buf.borrow_mut()))
     }
 

@@ -161,9 +161,10 @@ impl Caller {
             self.metrics()
                 .probed(first.addr, "latency", outcome.is_ok());
         }
+        let probe = chosen == Chosen::Probe;
         let failed = match outcome {
             Err(failed) if failed.early => failed,
-            outcome => return self.done(started, first, outcome),
+            outcome => return self.done(started, first, outcome, probe),
         };
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
@@ -171,23 +172,23 @@ impl Caller {
                 error: CallError::Timeout(timeout),
                 ..failed
             };
-            return self.done(started, first, Err(timed_out));
+            return self.done(started, first, Err(timed_out), probe);
         }
         if !self.budget.withdraw() {
             self.metrics().retries_denied.inc();
             log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.error, forward.request_id);
-            return self.done(started, first, Err(failed));
+            return self.done(started, first, Err(failed), probe);
         }
         // From the view now: another usable replica, else the same on a fresh connection
         // (a pooled connection may have died while idle), where the call counts once.
         let now = self.replicas.snapshot();
         let (replica, fresh) = match choose(&now, Some(first), false) {
             Some((second, _)) => {
-                self.record(first, &Err(failed));
+                self.record(first, &Err(failed), probe);
                 (Arc::clone(second), false)
             }
             None if !first.departed() => (Arc::clone(first), true),
-            None => return self.done(started, first, Err(failed)),
+            None => return self.done(started, first, Err(failed), probe),
         };
         self.metrics().retries.inc();
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
@@ -198,7 +199,7 @@ impl Caller {
             fresh,
         };
         let outcome = self.attempt(&replica, path, limits, forward);
-        self.done(started, &replica, outcome)
+        self.done(started, &replica, outcome, false)
     }
 
     /// The limits of a first try: alone, the whole deadline for every phase; among
@@ -252,19 +253,19 @@ impl Caller {
 
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
     /// re-resolution when its connect was refused.
-    fn record(&self, replica: &Replica, outcome: &Result<(Value, Duration), Failed>) {
+    fn record(&self, replica: &Replica, outcome: &Result<(Value, Duration), Failed>, probe: bool) {
         let failed = match outcome {
             Ok((_, took)) => {
                 replica.breaker.succeeded();
-                return replica.observe(*took);
+                return replica.observe(*took, probe);
             }
             Err(failed) => failed,
         };
         match failed.health {
             Health::Fine => replica.breaker.succeeded(),
-            Health::Slower(at_least) => replica.observe(failed.took.max(at_least)),
+            Health::Slower(at_least) => replica.observe(failed.took.max(at_least), probe),
             Health::Failing => {
-                replica.observe(failed.took.max(self.client.timeout() / 2));
+                replica.observe(failed.took.max(self.client.timeout() / 2), probe);
                 let set = self.replicas.snapshot();
                 let cause = failed.error.to_string();
                 if replica
@@ -287,8 +288,9 @@ impl Caller {
         started: Instant,
         replica: &Arc<Replica>,
         outcome: Result<(Value, Duration), Failed>,
+        probe: bool,
     ) -> Call {
-        self.record(replica, &outcome);
+        self.record(replica, &outcome, probe);
         self.metrics()
             .duration
             .0

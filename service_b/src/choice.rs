@@ -141,9 +141,9 @@ mod tests {
         let r = three();
         let set = r.snapshot();
         for replica in set.iter() {
-            replica.observe(Duration::from_micros(300));
+            replica.observe(Duration::from_micros(300), false);
         }
-        set[0].observe(Duration::from_millis(300));
+        set[0].observe(Duration::from_millis(300), false);
         let seen = spread(&set, 3000);
         assert_eq!(seen.get(&set[0].addr), None, "{seen:?}");
         // Calls waiting on a replica make it costlier too.

@@ -198,12 +198,17 @@ impl Replica {
     }
 
     /// Feeds the estimate one answer time (or a failure's penalty): a longer one is taken
-    /// at once (the peak), a shorter one moves it by the time since the last.
-    pub(crate) fn observe(&self, took: Duration) {
+    /// at once (the peak), a shorter one moves it by the time since the last. A probe's
+    /// answer is the only news of a replica the choice passes over, so it counts as if
+    /// `2 TAU` had passed: a recovered replica wins its share back in a few probes.
+    pub(crate) fn observe(&self, took: Duration, probe: bool) {
         let now = now_ns();
         let sample = took.as_nanos() as f64;
         let old = f64::from_bits(self.ewma.load(Ordering::Relaxed));
-        let dt = now.saturating_sub(self.ewma_at.load(Ordering::Relaxed)) as f64;
+        let mut dt = now.saturating_sub(self.ewma_at.load(Ordering::Relaxed)) as f64;
+        if probe {
+            dt = dt.max(2.0 * TAU_NS);
+        }
         let next = if sample >= old {
             sample
         } else {
@@ -536,11 +541,14 @@ pub(crate) mod tests {
     fn the_estimate_takes_peaks_at_once_and_forgets_slowly() {
         let r = replicas(&["http://127.0.0.2:1"]);
         let one = &r.snapshot()[0];
-        one.observe(Duration::from_millis(300));
+        one.observe(Duration::from_millis(300), false);
         assert_eq!(one.estimate_ns(now_ns()), 300e6);
-        one.observe(Duration::from_micros(300));
+        one.observe(Duration::from_micros(300), false);
         let after = one.estimate_ns(now_ns());
         assert!(after < 300e6 && after > 250e6, "{after}");
+        one.observe(Duration::from_micros(300), true);
+        let probed = one.estimate_ns(now_ns());
+        assert!(probed < after / 5.0, "a probe weighs more: {probed}");
         // A call that waits without an answer raises it while it waits.
         let _waiting = one.enter();
         one.busy_since

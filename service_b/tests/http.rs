@@ -171,6 +171,20 @@ fn a_pooled_connection_dying_on_reuse_is_retried_once() {
 }
 
 #[test]
+fn an_answer_cut_after_its_first_bytes_is_bad_response_and_not_retried() {
+    let fake = FakeA::start(Behaviour::CutAfterStatusLine);
+    let b = b_calling(&fake.url(), 2000);
+    let body = expect_503(&b, "bad_response", "Invalid response from Service A: ");
+    assert!(
+        body["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("cut short after 17 bytes")),
+        "{body}"
+    );
+    assert_eq!(fake.requests().len(), 1, "A saw the GET again");
+}
+
+#[test]
 fn status_500_is_status() {
     let fake = FakeA::start(Behaviour::Answer(500, r#"{"error":"boom"}"#.into()));
     let b = b_calling(&fake.url(), 2000);

@@ -68,7 +68,10 @@ fn the_bulkhead_refuses_calls_beyond_the_limit_at_once() {
 /// The requests that reached the fake, apart from B's probes of its `/ready`.
 fn calls_reaching(fake: &FakeA) -> usize {
     let requests = fake.requests();
-    requests.iter().filter(|r| !r.starts_with("GET /ready ")).count()
+    requests
+        .iter()
+        .filter(|r| !r.starts_with("GET /ready "))
+        .count()
 }
 
 #[test]
@@ -106,7 +109,10 @@ fn the_breaker_ejects_and_only_b_s_own_probe_readmits() {
             r#"upstream_probes_total{{replica="{replica}",kind="health",result="failed"}} 2"#
         )],
     );
-    assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "circuit_open");
+    assert_eq!(
+        get(b.addr(), "/call-echo?msg=x").json()["kind"],
+        "circuit_open"
+    );
     assert_eq!(calls_reaching(&fake), 3, "a user call was the trial");
     let cooldown = format!(r#"upstream_ejection_cooldown_seconds{{replica="{replica}"}} 0.4"#);
     wait_for_metrics(b.addr(), &[&cooldown]);
@@ -115,7 +121,9 @@ fn the_breaker_ejects_and_only_b_s_own_probe_readmits() {
     fake.set(Behaviour::Answer(200, r#"{"echo":"x"}"#.into()));
     wait_for_metrics(
         b.addr(),
-        &[&format!(r#"circuit_breaker_state{{replica="{replica}"}} 0"#)],
+        &[&format!(
+            r#"circuit_breaker_state{{replica="{replica}"}} 0"#
+        )],
     );
     assert_eq!(get(b.addr(), "/call-echo?msg=x").status, 200);
     wait_for_metrics(

@@ -225,6 +225,9 @@ pub enum Behaviour {
     Truncated,
     /// Sends bytes that are not HTTP, then closes.
     Garbage,
+    /// Sends the status line of a 200 (`HTTP/1.1 200 OK\r\n`) and closes: an answer cut
+    /// after its first bytes.
+    CutAfterStatusLine,
     /// Answers the first request on a connection with this body and keeps the connection
     /// open, then closes it on the next request without answering: an idle pooled
     /// connection that died just as it was reused.
@@ -336,6 +339,10 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
         Behaviour::Garbage => {
             let _ = stream.write_all(b"\x00\x01 this is not HTTP at all\r\n\r\n");
         }
+        Behaviour::CutAfterStatusLine => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n");
+            let _ = stream.shutdown(Shutdown::Both);
+        }
         Behaviour::OncePerConnection(body) => {
             let _ = write!(
                 stream,
@@ -423,6 +430,8 @@ pub enum Signal {
     Term,
     /// SIGINT: Ctrl-C, also a graceful stop.
     Int,
+    /// SIGHUP: a closed terminal or a process manager, a graceful stop too.
+    Hup,
     /// SIGKILL.
     Kill,
 }
@@ -432,6 +441,7 @@ impl Signal {
         match self {
             Signal::Term => nix::sys::signal::Signal::SIGTERM,
             Signal::Int => nix::sys::signal::Signal::SIGINT,
+            Signal::Hup => nix::sys::signal::Signal::SIGHUP,
             Signal::Kill => nix::sys::signal::Signal::SIGKILL,
         }
     }

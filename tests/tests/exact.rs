@@ -1,0 +1,301 @@
+//! Exact to the byte: the defects found by attack (smuggling through Unicode whitespace, log
+//! lines torn on a pipe, a write limit per system call instead of per answer) and the
+//! decisions on what the contract left loose (Host, a silent new connection, the flags'
+//! bounds, user information in `--service-a-url`, refusals logged once a second), each against
+//! the real binaries over real sockets.
+
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use echo_tests::{exchange, get, get_with, says_close, service_command, Running};
+use regex::Regex;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn start_a(extra: &[&str]) -> Running {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Running::start("service_a", &args)
+}
+
+#[test]
+fn unicode_whitespace_around_a_length_smuggles_nothing() {
+    let a = start_a(&[]);
+    let smuggled = "GET /echo?msg=SMUGGLED HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // NBSP, NEL, U+2028 and U+3000: `str::trim` took each away and read a length of 5.
+    for ws in ["\u{a0}", "\u{85}", "\u{2028}", "\u{3000}"] {
+        let raw = format!(
+            "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {ws}5\r\n\r\nhello{smuggled}"
+        );
+        let got = exchange(a.addr, raw.as_bytes(), WAIT);
+        assert!(!got.text().contains("SMUGGLED"), "{ws:?}: {}", got.text());
+        let (reply, rest) = got.reply();
+        assert_eq!(reply.status, 400, "{ws:?}: {}", got.text());
+        assert!(
+            says_close(&reply) && rest.is_empty() && got.closed,
+            "{ws:?}"
+        );
+    }
+    // Other fields are read the same way: a request id behind U+2028 is not "FORGED".
+    let reply = get_with(a.addr, "/health", "X-Request-Id: \u{2028}FORGED\r\n");
+    assert_eq!(reply.status, 200);
+    assert_ne!(reply.header("X-Request-Id"), Some("FORGED"));
+    assert_eq!(get(a.addr, "/health").status, 200);
+}
+
+#[test]
+fn a_host_that_is_not_a_host_is_400() {
+    let a = start_a(&[]);
+    for host in ["a b", "a/b", "x:99999", "[::1", "user@x", "a\u{a0}b"] {
+        let raw = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let got = exchange(a.addr, raw.as_bytes(), WAIT);
+        assert_eq!(got.reply().0.status, 400, "{host:?}");
+    }
+    for host in ["x", "x:8080", "127.0.0.1:1", "[::1]:80", ""] {
+        let raw = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let got = exchange(a.addr, raw.as_bytes(), WAIT);
+        assert_eq!(got.reply().0.status, 200, "{host:?}");
+    }
+}
+
+#[test]
+fn long_log_lines_are_never_torn_on_a_pipe() {
+    // The kit reads each service's stdout through a pipe, as a container runtime does.
+    let a = start_a(&[]);
+    let a_url = format!("http://{}", a.addr);
+    let b = Running::start(
+        "service_b",
+        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
+    );
+    let msg = "m".repeat(8100);
+    let addr = b.addr;
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let target = format!("/call-echo?msg={msg}");
+            thread::spawn(move || (0..20).filter(|_| get(addr, &target).status == 200).count())
+        })
+        .collect();
+    let ok: usize = clients.into_iter().map(|c| c.join().unwrap_or(0)).sum();
+    assert_eq!(ok, 1000);
+    b.signal(echo_tests::Signal::Int);
+    let (_, lines) = b.wait_exit(Duration::from_secs(10));
+    let line = Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARN|ERROR|DEBUG) service_b \S")
+        .expect("regex");
+    let torn: Vec<&String> = lines.iter().filter(|l| !line.is_match(l)).collect();
+    assert!(
+        torn.is_empty(),
+        "{} torn lines, the first: {:?}",
+        torn.len(),
+        torn.first()
+    );
+    let calls = lines
+        .iter()
+        .filter(|l| l.contains("call to Service A ok"))
+        .count();
+    let access = lines
+        .iter()
+        .filter(|l| l.contains("GET /call-echo 200"))
+        .count();
+    assert_eq!((calls, access), (1000, 1000));
+    // Every line fits one atomic pipe write, and says what it cut.
+    assert!(lines.iter().all(|l| l.len() < 4096), "a line over 4 KiB");
+    assert!(lines
+        .iter()
+        .any(|l| l.contains(" bytes cut]") && l.contains("request_id=")));
+}
+
+#[test]
+fn a_reader_too_slow_for_a_whole_answer_is_closed_after_the_write_limit() {
+    let a = start_a(&[]);
+    // Answers of about 16 KB (each %01 is six bytes of JSON), pipelined, read at about
+    // 500 bytes a second: every write makes some progress within 10 s, the whole answer
+    // does not. The write limit is for the answer, so the connection ends after it.
+    let target = format!("/echo?msg={}", "%01".repeat(2700));
+    // A small receive buffer, so that the kernel holds few answers for us.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&a.addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // Requests keep coming, pipelined, from a thread of their own (its writes block once A
+    // stops reading them).
+    let mut writer = stream.try_clone().expect("clone");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    thread::spawn(move || while writer.write_all(request.as_bytes()).is_ok() {});
+    let started = Instant::now();
+    let mut chunk = [0u8; 1024];
+    let closed = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break started.elapsed(),
+            Ok(_) if started.elapsed() > Duration::from_secs(60) => {
+                panic!("still open after 60 s")
+            }
+            Ok(_) => thread::sleep(Duration::from_secs(2)),
+        }
+    };
+    // The buffers held some answers at first; the one that filled them had 10 s.
+    assert!(closed < Duration::from_secs(40), "closed after {closed:?}");
+    assert_eq!(get(a.addr, "/health").status, 200);
+}
+
+#[test]
+fn a_new_connection_that_sends_nothing_ends_after_the_head_timeout() {
+    let a = start_a(&[]);
+    let mut stream = TcpStream::connect(a.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "closed after {took:?}: not the 10 s head timeout (idle keep-alive is 60 s)"
+    );
+}
+
+/// Runs a binary with `args`; returns its exit code and stderr.
+fn run(name: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = service_command(name).args(args).output().expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_duration_and_count_flag_is_bounded() {
+    let huge = "18446744073709551615";
+    let cases: [(&str, &str); 10] = [
+        ("service_a", "--delay-ms"),
+        ("service_a", "--max-delay-ms"),
+        ("service_a", "--drain-ms"),
+        ("service_b", "--timeout-ms"),
+        ("service_b", "--breaker-cooldown-ms"),
+        ("service_b", "--breaker-max-cooldown-ms"),
+        ("service_b", "--breaker-threshold"),
+        ("service_b", "--max-inflight"),
+        ("service_b", "--slow-start-ms"),
+        ("service_b", "--retry-budget-percent"),
+    ];
+    for (name, flag) in cases {
+        let (code, stderr) = run(name, &["--listen", "127.0.0.1:0", flag, huge]);
+        assert_eq!(code, Some(2), "{name} {flag}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name} {flag}: {stderr}");
+    }
+}
+
+#[test]
+fn a_service_a_url_with_user_information_is_refused_and_never_shown() {
+    let (code, stderr) = run(
+        "service_b",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--service-a-url",
+            "http://admin:s3cret@127.0.0.1:1",
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("user information"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password reached stderr: {stderr}"
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_each_but_logged_once_a_second() {
+    let mut a = start_a(&["--max-connections", "1"]);
+    let held = TcpStream::connect(a.addr).expect("hold the one connection");
+    // The held connection is registered once the accept thread took it: a request on it
+    // answered is the signal.
+    let mut held_w = held.try_clone().expect("clone");
+    held_w
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut reader = std::io::BufReader::new(held);
+    assert_eq!(
+        echo_tests::read_reply(&mut reader).map(|r| r.status).ok(),
+        Some(200)
+    );
+    let refused = (0..200)
+        .filter(|_| {
+            let got = exchange(a.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", WAIT);
+            !got.bytes.is_empty() && got.reply().0.status == 503
+        })
+        .count();
+    assert_eq!(refused, 200);
+    drop(reader);
+    drop(held_w);
+    // A later accept writes the line of the refusals since the last one.
+    thread::sleep(Duration::from_millis(1100)); // the once-a-second window itself
+    let _ = get(a.addr, "/health");
+    let metrics = String::from_utf8_lossy(&get(a.addr, "/metrics").body).into_owned();
+    assert!(
+        metrics.contains("connections_refused_total 200"),
+        "{metrics}"
+    );
+    a.signal(echo_tests::Signal::Int);
+    let line = a.wait_for("since the last such line", Duration::from_secs(5));
+    let (_, lines) = a.wait_exit(Duration::from_secs(10));
+    assert!(lines.contains(&line));
+    let refusal_lines: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("refused") && l.contains("connection(s) with 503"))
+        .collect();
+    assert!(refusal_lines.len() <= 3, "{refusal_lines:#?}");
+    let total: u64 = refusal_lines
+        .iter()
+        .filter_map(|l| {
+            l.split("refused ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(total, 200, "{refusal_lines:#?}");
+}
+
+/// The first line of `lines` that contains `needle`.
+fn find<'a>(lines: &'a [String], needle: &str) -> Option<&'a String> {
+    lines.iter().find(|l| l.contains(needle))
+}
+
+#[test]
+fn sighup_stops_gracefully_like_sigterm() {
+    let a = start_a(&["--drain-ms", "0"]);
+    assert_eq!(get(a.addr, "/health").status, 200);
+    a.signal(echo_tests::Signal::Hup);
+    let (code, lines) = a.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(find(&lines, "SIGHUP received").is_some(), "{lines:#?}");
+}
+
+#[test]
+fn the_exit_code_says_requests_were_dropped() {
+    let mut a = start_a(&["--delay-ms", "9000", "--log-level", "debug"]);
+    let addr: SocketAddr = a.addr;
+    let client =
+        thread::spawn(move || echo_tests::try_send(addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"));
+    a.wait_for("GET /echo started", Duration::from_secs(10));
+    a.signal(echo_tests::Signal::Int);
+    let (code, lines) = a.wait_exit(Duration::from_secs(15));
+    // 3: the documented code of a stop whose grace period ran out (echo_core::cli::EXIT_DROPPED).
+    assert_eq!(code, Some(3), "{lines:#?}");
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(last.contains("stopped with 1 request(s) dropped"), "{last}");
+    let _ = client.join();
+}

@@ -488,7 +488,9 @@ impl Running {
             seen: Vec::new(),
         };
         let line = running.wait_for("listening on http://", Duration::from_secs(20));
+        // The address ends where the line does (text) or at the closing quote (JSON).
         let addr = line.rsplit("http://").next().unwrap_or("");
+        let addr = addr.split(['"', ' ']).next().unwrap_or("");
         running.addr = addr
             .parse()
             .unwrap_or_else(|_| panic!("bad address in {line:?}"));

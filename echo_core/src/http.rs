@@ -1,6 +1,6 @@
 //! The HTTP model handlers see, independent of the server crate, so a handler is a plain
 //! function from [`Request`] to [`Response`] that unit tests call without a socket.
-//! Also the rules of the contract both services share: routing with 404/405, strict query
+//! Also the rules of the API both services share: routing with 404/405, strict query
 //! decoding, the form encoding B uses for A's URL, request ids and the JSON error body.
 
 use std::collections::hash_map::RandomState;
@@ -131,7 +131,7 @@ impl Response {
         }
     }
 
-    /// The one JSON error body of the contract: `{"error": message}`.
+    /// The one JSON error body both services answer with: `{"error": message}`.
     pub fn error(status: u16, message: &str) -> Response {
         Response::json(status, &json!({ "error": message }))
     }

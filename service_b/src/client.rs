@@ -18,7 +18,7 @@ use crate::transport::{self, AddressOnly, Connect};
 const MAX_A_BODY: u64 = 1024 * 1024;
 
 /// Why a call to A failed. `kind` is the machine-readable 503 `kind`, `Display` the
-/// `details` (its prefix is the contract, the rest is the cause).
+/// `details` (its prefix is fixed, the rest is the cause).
 #[derive(Debug)]
 pub(crate) enum CallError {
     /// Refused, reset, unreachable: no answer could be had from A.

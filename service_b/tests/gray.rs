@@ -2,7 +2,7 @@
 //! container engine needed): a replica 300 ms slower than the others, one that hangs, one
 //! that leaves or stops while B still calls it, A refusing work past the deadline, the retry
 //! budget, and the slow start of a replica that joins. Clients check every call: a 200 with
-//! the exact echo, or a 503 of the contract.
+//! the exact echo, or a 503 of the documented shape.
 
 #![forbid(unsafe_code)]
 
@@ -42,7 +42,7 @@ fn echoes(a: SocketAddr, status: u16) -> u64 {
         .unwrap_or(0)
 }
 
-/// What the clients saw: each call's duration, and the calls that broke the contract.
+/// What the clients saw: each call's duration, and the calls that broke that rule.
 #[derive(Debug, Default)]
 struct Seen {
     took: Vec<Duration>,

@@ -3,6 +3,7 @@
 //! and a runner for the real binaries that builds them and waits for their `listening on` line.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Cursor, ErrorKind, Read, Write};
@@ -20,8 +21,11 @@ use socket2::SockRef;
 /// A response as read off the wire.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The status code.
     pub status: u16,
+    /// The header fields, names and values trimmed, in order.
     pub headers: Vec<(String, String)>,
+    /// The body as received.
     pub body: Vec<u8>,
 }
 
@@ -156,6 +160,7 @@ impl Exchange {
         (reply, rest)
     }
 
+    /// Every byte read, as text (lossy), for assertion messages.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
     }
@@ -236,12 +241,14 @@ pub enum Behaviour {
 
 /// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
 pub struct FakeA {
+    /// Where it listens.
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl FakeA {
+    /// Starts it on 127.0.0.1, port 0, behaving as told.
     pub fn start(behaviour: Behaviour) -> FakeA {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake A");
         let addr = listener.local_addr().expect("addr");
@@ -449,7 +456,9 @@ impl Signal {
 
 /// A real service process with its stdout collected line by line.
 pub struct Running {
+    /// The process.
     pub child: Child,
+    /// The address it listens on, from its `listening on` line.
     pub addr: SocketAddr,
     lines: Receiver<String>,
     seen: Vec<String>,
@@ -535,17 +544,17 @@ impl Running {
 
     /// The process's resident memory (VmRSS) in KiB.
     pub fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmRSS:")
+        proc_status_number(self.child.id(), "VmRSS:")
     }
 
     /// The process's peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmHWM:")
+        proc_status_number(self.child.id(), "VmHWM:")
     }
 
     /// The number of threads of the process.
     pub fn threads(&self) -> u64 {
-        proc_status_kib(self.child.id(), "Threads:")
+        proc_status_number(self.child.id(), "Threads:")
     }
 
     /// The number of open file descriptors of the process (entries of /proc/PID/fd).
@@ -591,8 +600,8 @@ impl Drop for Running {
     }
 }
 
-/// A numeric field of /proc/PID/status (0 if absent).
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
+/// The number of a field of /proc/PID/status (KiB for sizes, a count for threads; 0 if absent).
+fn proc_status_number(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -25,7 +25,7 @@ fn start_b(a_url: &str, extra: &[&str]) -> Running {
 }
 
 #[test]
-fn every_log_line_has_the_seed_format() {
+fn every_log_line_has_the_original_format() {
     let a = start_a(&["--drain-ms", "0"]);
     let b = start_b(&format!("http://{}", a.addr), &["--timeout-ms", "500"]);
     let hi = get(b.addr, "/call-echo?msg=hi");
@@ -66,7 +66,7 @@ fn every_log_line_has_the_seed_format() {
     for (lines, name) in [(&a_lines, "service_a"), (&b_lines, "service_b")] {
         assert!(lines.len() >= 5, "{lines:#?}");
         for l in lines.iter() {
-            assert!(line.is_match(l), "not in the seed format: {l:?}");
+            assert!(line.is_match(l), "not in the log format: {l:?}");
             assert!(
                 !l.chars().any(char::is_control),
                 "a raw control character: {l:?}"

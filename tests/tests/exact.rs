@@ -1,6 +1,6 @@
 //! Exact to the byte: the defects found by attack (smuggling through Unicode whitespace, log
 //! lines torn on a pipe, a write limit per system call instead of per answer) and the
-//! decisions on what the contract left loose (Host, a silent new connection, the flags'
+//! decisions on what the specification left loose (Host, a silent new connection, the flags'
 //! bounds, user information in `--service-a-url`, refusals logged once a second), each against
 //! the real binaries over real sockets.
 

@@ -231,11 +231,14 @@ fn refused_connections_are_counted_each_but_logged_once_a_second() {
     );
     let refused = (0..200)
         .filter(|_| {
-            let got = exchange(a.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", WAIT);
+            let got = exchange(a.addr, b"GET /echo?msg=x HTTP/1.1\r\nHost: x\r\n\r\n", WAIT);
             !got.bytes.is_empty() && got.reply().0.status == 503
         })
         .count();
     assert_eq!(refused, 200);
+    // Liveness is answered all the same: an orchestrator must not restart a busy service.
+    let health = exchange(a.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", WAIT);
+    assert_eq!(health.reply().0.status, 200, "{}", health.text());
     drop(reader);
     drop(held_w);
     // A later accept writes the line of the refusals since the last one.

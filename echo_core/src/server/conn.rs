@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,25 @@ pub(super) struct App {
     pub(super) draining: AtomicBool,
     /// Requests read and not yet answered.
     pub(super) in_flight: AtomicUsize,
+    /// `--max-connections`, named in the refusals' log line.
+    pub(super) max_connections: usize,
+    /// Refusals not logged yet, and when the last refusal line was written.
+    pub(super) refusals: Mutex<Refusals>,
 }
+
+/// Connections refused over the limit are counted one by one, but logged at most once per
+/// [`REFUSAL_LOG_EVERY`] with the count since the last line: a flood must not flood the log.
+#[derive(Default)]
+pub(super) struct Refusals {
+    unlogged: u64,
+    logged_at: Option<Instant>,
+}
+
+/// The least time between two log lines about refused connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// A connection over the limit has this long to send its request (a health check sends at
+/// once; a silent one must not hold an over-limit thread for long).
+const OVER_LIMIT_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl App {
     pub(super) fn stopping(&self) -> bool {
@@ -58,14 +76,24 @@ impl App {
     }
 
     /// Reads, answers and writes requests in order until the client closes, a timeout
-    /// passes, a request asks to close, or a bad request ends the connection.
-    pub(super) fn serve(&self, stream: &TcpStream) {
+    /// passes, a request asks to close, or a bad request ends the connection. A connection
+    /// `over_limit` (beyond `--max-connections`) gets one answer: its `/health` if that is
+    /// what it asks (liveness must not fail because the service is busy), else the 503 of
+    /// the limit; and it has [`OVER_LIMIT_HEAD_TIMEOUT`] to send its request.
+    pub(super) fn serve(&self, stream: &TcpStream, over_limit: bool) {
         let mut buf = Vec::new();
-        let mut reader = Reader::new(stream);
+        let first_wait = if over_limit {
+            OVER_LIMIT_HEAD_TIMEOUT
+        } else {
+            HEAD_TIMEOUT
+        };
+        let mut reader = Reader::new(stream, first_wait);
         let mut writer = Writer::new(stream);
         loop {
             let head = match reader.head(&mut buf) {
                 Ok(Some(head)) => head,
+                // Over the limit: whatever came (or did not), the answer is the limit's.
+                Ok(None) | Err(Rejection::Close) if over_limit => return self.refuse(&mut writer),
                 Ok(None) => return, // closed, idle too long, or stopping
                 Err(rejection) => return self.reject(&mut writer, &rejection),
             };
@@ -74,8 +102,11 @@ impl App {
                 Ok(()) => head.keep_alive,
                 Err(rejection) => return self.reject(&mut writer, &rejection),
             };
+            if over_limit && head.target.split('?').next() != Some("/health") {
+                return self.refuse(&mut writer);
+            }
             self.in_flight.fetch_add(1, Ordering::SeqCst);
-            let keep_alive = self.answer(&mut writer, head, keep_alive, started);
+            let keep_alive = self.answer(&mut writer, head, keep_alive && !over_limit, started);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if !keep_alive {
                 return;
@@ -118,6 +149,32 @@ impl App {
         }
         self.log_access(&req.method, &req.path, &response, &id, &req.trace, started);
         keep_alive && written.is_ok()
+    }
+
+    /// The 503 of a connection over the limit, counted one by one and logged at most once
+    /// per [`REFUSAL_LOG_EVERY`].
+    fn refuse(&self, writer: &mut Writer<'_>) {
+        let id = request_id(None);
+        let response = Response::error(503, "Too many connections");
+        let _ = writer.write(&encode(&response, &id, false, true));
+        self.metrics.refused();
+        log::debug!(target: self.name, "refused a connection: 503 request_id={id}");
+        self.log_refusals(1);
+    }
+
+    /// Counts `new` refusals and writes the line about them if it is due (a refusal now, or
+    /// any later accept, writes the ones since the last line; the stop writes the rest).
+    pub(super) fn log_refusals(&self, new: u64) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        refusals.unlogged += new;
+        let due = refusals
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY || self.stopping());
+        if refusals.unlogged > 0 && due {
+            log::warn!(target: self.name, "refused {} connection(s) with 503 since the last such line: {} connections open (--max-connections)", refusals.unlogged, self.max_connections);
+            refusals.unlogged = 0;
+            refusals.logged_at = Some(Instant::now());
+        }
     }
 
     /// Answers a request that breaks the rules with its 4xx/5xx (the connection closes
@@ -302,19 +359,21 @@ struct Reader<'a> {
     stream: &'a TcpStream,
     timeout: Option<Duration>,
     /// A head has been read on this connection: from then on a wait between requests is
-    /// the idle timeout; before, a connection that sends nothing gets the head timeout.
+    /// the idle timeout; before, a connection that sends nothing gets `first_wait`.
     served: bool,
+    first_wait: Duration,
     /// Where each read lands before what arrived is appended to the request buffer; zeroed
     /// once per connection, not once per read.
     chunk: [u8; 8192],
 }
 
 impl<'a> Reader<'a> {
-    fn new(stream: &'a TcpStream) -> Reader<'a> {
+    fn new(stream: &'a TcpStream, first_wait: Duration) -> Reader<'a> {
         Reader {
             stream,
             timeout: None,
             served: false,
+            first_wait,
             chunk: [0u8; 8192],
         }
     }
@@ -340,7 +399,11 @@ impl<'a> Reader<'a> {
     /// The next request head, removed from `buf` (what follows it stays: a body, or
     /// pipelined requests). `Ok(None)` when the connection ends quietly between requests.
     fn head(&mut self, buf: &mut Vec<u8>) -> Result<Option<Head>, Rejection> {
-        let mut deadline = (!buf.is_empty() || !self.served).then(|| Instant::now() + HEAD_TIMEOUT);
+        let mut deadline = match (buf.is_empty(), self.served) {
+            (true, true) => None,
+            (true, false) => Some(Instant::now() + self.first_wait),
+            (false, _) => Some(Instant::now() + HEAD_TIMEOUT),
+        };
         loop {
             if !buf.is_empty() {
                 if let Some((head, len)) = parse_head(buf)? {

@@ -105,10 +105,6 @@ pub fn serve(
         open: Mutex::new(Open::default()),
         all_closed: Condvar::new(),
         pool: Arc::new(Pool::new(format!("{name}-conn"))),
-        refusals: Mutex::new(Refusals {
-            unlogged: 0,
-            logged_at: None,
-        }),
         app: App {
             name,
             handler: Box::new(handler),
@@ -116,6 +112,8 @@ pub fn serve(
             stopping: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            max_connections: max_connections.max(1),
+            refusals: Mutex::default(),
         },
     });
     let accepting = Arc::clone(&shared);
@@ -184,14 +182,17 @@ impl Drop for ServerHandle {
     }
 }
 
-/// One open connection: its id in [`Open`] and the socket, shared with the stopper.
-type Conn = (u64, Arc<TcpStream>);
+/// One open connection: its id in [`Open`], the socket (shared with the stopper), and
+/// whether it is over the limit.
+type Conn = (u64, Arc<TcpStream>, bool);
 
 /// The open connections, so that a stop can end them and the limit can count them.
 #[derive(Default)]
 struct Open {
     next_id: u64,
     streams: HashMap<u64, Arc<TcpStream>>,
+    /// How many of them are over the limit.
+    over: usize,
 }
 
 /// One server: the listener, its open connections, its threads and what they serve.
@@ -203,19 +204,12 @@ struct Shared {
     all_closed: Condvar,
     pool: Arc<Pool<Conn>>,
     app: App,
-    /// Refusals not logged yet, and when the last refusal line was written.
-    refusals: Mutex<Refusals>,
 }
 
-/// Connections refused over the limit are counted one by one, but logged at most once per
-/// [`REFUSAL_LOG_EVERY`] with the count since the last line: a flood must not flood the log.
-struct Refusals {
-    unlogged: u64,
-    logged_at: Option<Instant>,
-}
-
-/// The least time between two log lines about refused connections.
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Connections over `--max-connections` still read by a thread of their own, at most: each
+/// may ask for `/health` (liveness must be answered when the service is full); beyond
+/// these, the accept thread answers 503 without reading.
+const OVER_LIMIT_THREADS: usize = 8;
 
 impl Shared {
     fn lock_open(&self) -> MutexGuard<'_, Open> {
@@ -245,7 +239,7 @@ impl Shared {
             match self.listener.accept() {
                 Ok((stream, _)) if self.app.stopping() => {
                     drop(stream);
-                    self.log_refusals(0);
+                    self.app.log_refusals(0);
                     return;
                 }
                 Ok((stream, _)) => {
@@ -254,9 +248,9 @@ impl Shared {
                         failures = 0;
                     }
                     self.admit(stream);
-                    self.log_refusals(0);
+                    self.app.log_refusals(0);
                 }
-                Err(_) if self.app.stopping() => return self.log_refusals(0),
+                Err(_) if self.app.stopping() => return self.app.log_refusals(0),
                 Err(e) => {
                     if failures == 0 {
                         log::error!(target: name, "accept failed: {e}; retrying");
@@ -276,11 +270,13 @@ impl Shared {
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let conn = {
             let mut open = self.lock_open();
-            if open.streams.len() >= self.max_connections {
+            let over_limit = open.streams.len() - open.over >= self.max_connections;
+            if over_limit && open.over >= OVER_LIMIT_THREADS {
                 drop(open);
                 self.refuse(&stream);
                 return;
             }
+            open.over += usize::from(over_limit);
             let id = open.next_id;
             open.next_id += 1;
             let stream = Arc::new(stream);
@@ -289,26 +285,30 @@ impl Shared {
                 // Accepted just as the stop began, after it shut the open ones: same fate.
                 let _ = stream.shutdown(Shutdown::Read);
             }
-            (id, stream)
+            (id, stream, over_limit)
         };
-        let id = conn.0;
+        let (id, over_limit) = (conn.0, conn.2);
         let shared = Arc::clone(self);
         if let Err(e) = self.pool.run(conn, move |conn| shared.connection(conn)) {
             log::error!(target: self.app.name, "cannot start a connection thread: {e}");
-            if let Some(stream) = self.lock_open().streams.remove(&id) {
+            let mut open = self.lock_open();
+            if let Some(stream) = open.streams.remove(&id) {
+                open.over = open.over.saturating_sub(usize::from(over_limit));
+                drop(open);
                 self.refuse(&stream);
             }
         }
     }
 
     /// One connection on its thread: served to its end, lingered over, then forgotten.
-    fn connection(&self, (id, stream): Conn) {
-        if catch_unwind(AssertUnwindSafe(|| self.app.serve(&stream))).is_err() {
+    fn connection(&self, (id, stream, over_limit): Conn) {
+        if catch_unwind(AssertUnwindSafe(|| self.app.serve(&stream, over_limit))).is_err() {
             log::error!(target: self.app.name, "connection thread panicked; connection closed");
         }
         conn::linger(&stream);
         let mut open = self.lock_open();
         open.streams.remove(&id);
+        open.over -= usize::from(over_limit);
         drop(stream);
         self.all_closed.notify_all();
     }
@@ -333,22 +333,7 @@ impl Shared {
         }
         self.app.metrics.refused();
         log::debug!(target: self.app.name, "refused a connection: 503 request_id={id}");
-        self.log_refusals(1);
-    }
-
-    /// Counts `new` refusals and writes the line about them if it is due (a refusal now, or
-    /// any later accept, writes the ones since the last line; the stop writes the rest).
-    fn log_refusals(&self, new: u64) {
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        refusals.unlogged += new;
-        let due = refusals
-            .logged_at
-            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY || self.app.stopping());
-        if refusals.unlogged > 0 && due {
-            log::warn!(target: self.app.name, "refused {} connection(s) with 503 since the last such line: {} connections open (--max-connections)", refusals.unlogged, self.max_connections);
-            refusals.unlogged = 0;
-            refusals.logged_at = Some(Instant::now());
-        }
+        self.app.log_refusals(1);
     }
 }
 

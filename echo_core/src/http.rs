@@ -166,6 +166,16 @@ pub fn health() -> Response {
     Response::json(200, &json!({ "status": "ok" }))
 }
 
+/// The readiness answer both services give on `/ready`: ready whenever the service serves,
+/// whatever its upstreams do, until a drain begins; then 503, so that an orchestrator and
+/// B's probes send it no new work while it finishes what it has.
+pub fn ready(req: &Request) -> Response {
+    match req.draining {
+        false => Response::json(200, &json!({ "status": "ready" })),
+        true => Response::json(503, &json!({ "status": "draining" })),
+    }
+}
+
 /// A route's handler: a plain function of the service state and the request.
 pub type Handler<S> = fn(&S, &Request) -> Response;
 

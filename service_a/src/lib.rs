@@ -131,20 +131,11 @@ impl ServiceA {
             req,
             &[
                 ("/health", |_, _| echo_core::http::health()),
-                ("/ready", Self::ready),
+                ("/ready", |_, req| echo_core::http::ready(req)),
                 ("/echo", Self::echo),
                 ("/metrics", |s, _| s.metrics.render()),
             ],
         )
-    }
-
-    /// Ready whenever it serves, until a drain begins: then 503, so that an orchestrator
-    /// and B's probes send it no new work while it finishes what it has.
-    fn ready(&self, req: &Request) -> Response {
-        match req.draining {
-            false => Response::json(200, &json!({ "status": "ready" })),
-            true => Response::json(503, &json!({ "status": "draining" })),
-        }
     }
 
     fn echo(&self, req: &Request) -> Response {

@@ -198,20 +198,11 @@ impl ServiceB {
             req,
             &[
                 ("/health", |_, _| echo_core::http::health()),
-                ("/ready", Self::ready),
+                ("/ready", |_, req| echo_core::http::ready(req)),
                 ("/call-echo", Self::call_echo),
                 ("/metrics", |s, _| s.metrics.render()),
             ],
         )
-    }
-
-    /// Ready whenever B serves, whatever A does (with every A ejected B still answers its
-    /// 503s, and an orchestrator must not take B away for it); 503 only while draining.
-    fn ready(&self, req: &Request) -> Response {
-        match req.draining {
-            false => Response::json(200, &json!({ "status": "ready" })),
-            true => Response::json(503, &json!({ "status": "draining" })),
-        }
     }
 
     fn call_echo(&self, req: &Request) -> Response {

@@ -1,6 +1,14 @@
-//! `GET /metrics` in the Prometheus text format (prometheus-client's OpenMetrics encoding):
-//! the request counters and latency histogram every service has, recorded by the server
-//! wrapper, plus whatever a service registers itself before it starts.
+//! `GET /metrics` in the Prometheus text format (version 0.0.4, the format every Prometheus
+//! and `promtool check metrics` read): the request counters and latency histogram every
+//! service has, recorded by the server wrapper, plus whatever a service registers itself
+//! before it starts.
+//!
+//! prometheus-client encodes OpenMetrics, whose counter family is named without `_total`
+//! (`# TYPE http_requests counter`, then `http_requests_total 3`); read as the text format,
+//! promtool sees a family with no samples and an untyped `http_requests_total` without help.
+//! [`text_format`] names such families by their samples and drops `# EOF`.
+
+use std::collections::HashSet;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -110,12 +118,46 @@ impl Metrics {
         match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
             Ok(()) => Response::text(
                 200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text_format(&body),
             ),
             Err(_) => Response::error(500, "Could not encode metrics"),
         }
     }
+}
+
+/// The Prometheus text format of an OpenMetrics exposition from prometheus-client: a
+/// counter's `# HELP` and `# TYPE` name its samples (`…_total`), `# UNIT` and `# EOF` go (the
+/// text format has neither); samples are the same in both.
+fn text_format(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 8 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(prefix);
+                text.push_str(name);
+                if counters.contains(name) {
+                    text.push_str("_total");
+                }
+                text.push(' ');
+                text.push_str(tail);
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 fn known_method(method: &str) -> &'static str {
@@ -148,6 +190,9 @@ mod tests {
             text.contains(r#"http_request_duration_seconds_count{method="GET",route="/echo"} 2"#),
             "{text}"
         );
-        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# HELP http_requests_total HTTP requests answered.\n"));
+        assert!(text.contains("# TYPE http_requests_total counter\n"));
+        assert!(text.contains("# TYPE http_request_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

@@ -148,7 +148,7 @@ fn metrics_count_requests_by_route_and_status() {
     assert_eq!(reply.status, 200);
     assert!(reply
         .header("Content-Type")
-        .is_some_and(|c| c.starts_with("application/openmetrics-text")));
+        .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
     // A request is counted just after its answer is written, so the last one may still be
     // on its way into the counters when the client asks: look until all are there.
     let b_needles = [

@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::choice::{choose, fastest_estimate, Chosen};
 use crate::client::{CallError, EchoClient, Failed, Forward, Health, Limits};
 use crate::metrics::Upstream;
-use crate::replicas::{Replica, Replicas};
+use crate::replica::Replica;
+use crate::replicas::Replicas;
 
 /// A first try among several replicas waits at most this many times the fastest replica's
 /// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::replicas::{now_ns, Replica};
+use crate::replica::{now_ns, Replica};
 
 /// A replica with no call for this long gets the next one as a probe.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(250);

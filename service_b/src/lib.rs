@@ -25,14 +25,17 @@ mod call;
 mod choice;
 mod client;
 mod metrics;
+mod replica;
 mod replicas;
+mod target;
 mod transport;
 mod upkeep;
 
 use call::{Call, Caller};
 use client::{CallError, EchoClient, Forward};
-pub use replicas::{system_resolver, Resolve};
-use replicas::{Replicas, Settings, Target};
+use replicas::{Replicas, Settings};
+use target::Target;
+pub use target::{system_resolver, Resolve};
 
 /// Service B's settings. [`Config::default`] is the documented default of every flag;
 /// tests build it directly, and only `main.rs` knows the command line.
@@ -297,7 +300,7 @@ impl ServiceB {
 
 /// Starts Service B; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-    spawn_with_resolver(config, replicas::system_resolver())
+    spawn_with_resolver(config, system_resolver())
 }
 
 /// Like [`spawn`], resolving A's host names with `resolve` (tests give names of their own).

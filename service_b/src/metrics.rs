@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::replicas::{Replica, Replicas};
+use crate::replica::Replica;
+use crate::replicas::Replicas;
 
 /// Labels of `upstream_requests_total`: the replica that gave the final answer (`none` for a
 /// call never made) and the outcome.
@@ -158,7 +159,7 @@ impl Collector for PerReplica {
             return Ok(());
         };
         let set = replicas.snapshot();
-        let now = crate::replicas::now_ns();
+        let now = crate::replica::now_ns();
         gauge(&mut encoder, &set, "circuit_breaker_state",
             "The breaker of each replica of Service A: 0 closed, 1 open (ejected), 2 half-open (being probed)",
             |r| r.breaker.state_value())?;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::replicas::{median_estimate, Replica, Replicas};
+use crate::replica::Replica;
+use crate::replicas::{median_estimate, Replicas};
 
 /// The longest B waits for an ejected replica's `/ready`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);

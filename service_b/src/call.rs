@@ -14,7 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use crate::choice::{choose, fastest_estimate, Chosen};
-use crate::client::{CallError, EchoClient, Failed, Forward, Health, Limits};
+use crate::client::{EchoClient, Failed, Forward, Health, Limits};
+use crate::error::CallError;
 use crate::metrics::Upstream;
 use crate::replica::Replica;
 use crate::replicas::Replicas;

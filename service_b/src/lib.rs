@@ -24,6 +24,7 @@ mod breaker;
 mod call;
 mod choice;
 mod client;
+mod error;
 mod metrics;
 mod replica;
 mod replicas;
@@ -32,7 +33,8 @@ mod transport;
 mod upkeep;
 
 use call::{Call, Caller};
-use client::{CallError, EchoClient, Forward};
+use client::{EchoClient, Forward};
+use error::CallError;
 use replicas::{Replicas, Settings};
 use target::Target;
 pub use target::{system_resolver, Resolve};

@@ -1,15 +1,20 @@
 //! Our HTTP/1.1 core: a listener we bind ([`bind`]), one accept loop, and one thread per
 //! connection that reads each request, parses it with `httparse`, runs the handler and
 //! writes the answer, in order ([`serve`]). The accept thread gives each new connection to
-//! an idle connection thread or a new one ([`pool`]); after that, no request is ever handed
+//! an idle connection thread or a new one (`pool`); after that, no request is ever handed
 //! between threads, so a connection never waits behind another and a client that never
 //! reads blocks only its own thread.
 //!
 //! Here: bind, serve and its handle, the accept loop with its limit, and the stop. The wire
-//! rules are in [`wire`], one connection's loop in [`conn`], the threads in [`pool`].
+//! rules are in `wire` (the head), `host` and `encode` (the answer); one connection's
+//! loop in `conn`, its socket's timed reads and writes in `stream`; the threads in
+//! `pool`.
 
 mod conn;
+mod encode;
+mod host;
 mod pool;
+mod stream;
 mod wire;
 
 use std::collections::HashMap;
@@ -28,7 +33,7 @@ use crate::metrics::Metrics;
 use conn::App;
 use pool::Pool;
 
-pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+pub use stream::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
 pub use wire::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 
 /// Descriptors kept back from `--max-connections`' default for the process itself (or a
@@ -305,7 +310,7 @@ impl Shared {
         if catch_unwind(AssertUnwindSafe(|| self.app.serve(&stream, over_limit))).is_err() {
             log::error!(target: self.app.name, "connection thread panicked; connection closed");
         }
-        conn::linger(&stream);
+        stream::linger(&stream);
         let mut open = self.lock_open();
         open.streams.remove(&id);
         open.over -= usize::from(over_limit);
@@ -319,13 +324,13 @@ impl Shared {
         let _ = stream.set_nonblocking(true);
         let id = request_id(None);
         let response = Response::error(503, "Too many connections");
-        let _ = (&*stream).write_all(&wire::encode(&response, &id, false, true));
+        let _ = (&*stream).write_all(&encode::encode(&response, &id, false, true));
         let _ = stream.shutdown(Shutdown::Write);
         // Closing with unread bytes would reset the connection, and a reset can destroy the
         // 503 before the client reads it: take what has arrived, without waiting (this is
         // the accept thread).
         let (mut drained, mut sink) = (0, [0u8; 4096]);
-        while drained < conn::LINGER_BYTES {
+        while drained < stream::LINGER_BYTES {
             match (&*stream).read(&mut sink) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => drained += n,

@@ -1,11 +1,9 @@
-//! The wire rules of HTTP/1.x that touch no socket and no thread: a request head parsed
+//! The request side of HTTP/1.x, touching no socket and no thread: a request head parsed
 //! and checked against every limit ([`parse_head`]; a [`Rejection`] says whether a broken
-//! request is answered or the connection just closes), and an answer encoded to bytes
-//! ([`encode`]). The protocol's unit tests live here.
+//! request is answered or the connection just closes). Its unit tests live here; the
+//! answer's bytes are `encode`'s, the `Host` grammar `host`'s.
 
-use std::io::Write;
-
-use crate::http::Response;
+use super::host::is_valid_host;
 
 /// Longest request target (path and query) accepted; longer gets 414.
 pub const MAX_TARGET_BYTES: usize = 8 * 1024;
@@ -229,76 +227,6 @@ fn ascii(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
-/// RFC 9112 §3.2: `Host = uri-host [ ":" port ]`, with RFC 3986's `host` (an IP literal in
-/// brackets, an IPv4 address or a reg-name of unreserved, pct-encoded and sub-delims
-/// characters, possibly empty) and `port = *DIGIT` (here at most 5 digits, at most 65535).
-fn is_valid_host(value: &str) -> bool {
-    let (host, port) = match value.rfind(':') {
-        Some(i) if !value[i..].contains(']') => (&value[..i], Some(&value[i + 1..])),
-        _ => (value, None),
-    };
-    let port_ok = port.is_none_or(|p| {
-        p.is_empty()
-            || (p.len() <= 5
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && p.parse::<u32>().is_ok_and(|n| n <= 65535))
-    });
-    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(literal) => literal.parse::<std::net::Ipv6Addr>().is_ok() || is_ipv_future(literal),
-        None => is_reg_name(host),
-    };
-    port_ok && host_ok
-}
-
-/// `reg-name = *( unreserved / pct-encoded / sub-delims )` (an IPv4 address is one too).
-fn is_reg_name(host: &str) -> bool {
-    let bytes = host.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
-                if !(hex(i + 1) && hex(i + 2)) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b if is_unreserved(b) || is_sub_delim(b) => {}
-            _ => return false,
-        }
-        i += 1;
-    }
-    true
-}
-
-/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
-fn is_ipv_future(literal: &str) -> bool {
-    let Some((version, rest)) = literal
-        .strip_prefix(['v', 'V'])
-        .and_then(|l| l.split_once('.'))
-    else {
-        return false;
-    };
-    !version.is_empty()
-        && version.bytes().all(|b| b.is_ascii_hexdigit())
-        && !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| is_unreserved(b) || is_sub_delim(b) || b == b':')
-}
-
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn is_sub_delim(b: u8) -> bool {
-    matches!(
-        b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-    )
-}
-
 /// A head too long to wait for: 414 if the request line alone is over the limit, else 431.
 fn too_long(buf: &[u8]) -> Rejection {
     match buf.iter().position(|&b| b == b'\n') {
@@ -330,57 +258,6 @@ pub(super) fn origin_form(target: &str) -> String {
         Some(i) if rest[i..].starts_with('/') => rest[i..].to_string(),
         Some(i) => format!("/{}", &rest[i..]),
         None => "/".to_string(),
-    }
-}
-
-/// The bytes of an answer: status line, the headers every answer carries (`Content-Type`,
-/// `X-Content-Type-Options`, `X-Request-Id`), the handler's own, `Content-Length` (none and
-/// no body for HEAD, 204 and 304) and `Connection: close` when the connection ends after it.
-pub(super) fn encode(response: &Response, id: &str, head: bool, close: bool) -> Vec<u8> {
-    let status = response.status;
-    let bodiless = head || status == 204 || status == 304;
-    let mut out = Vec::with_capacity(192 + response.body.len());
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nX-Content-Type-Options: nosniff\r\nX-Request-Id: {id}\r\n",
-        reason(status),
-        response.content_type
-    );
-    for (name, value) in &response.headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    if !bodiless {
-        let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !bodiless {
-        out.extend_from_slice(response.body.as_bytes());
-    }
-    out
-}
-
-/// The reason phrase of the statuses the services send (empty for others, as HTTP allows).
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "",
     }
 }
 
@@ -503,25 +380,8 @@ mod tests {
     }
 
     #[test]
-    fn host_must_be_a_host_with_an_optional_port() {
-        for good in [
-            "x",
-            "a.example:8080",
-            "127.0.0.1",
-            "[::1]:80",
-            "[v1.x:y]",
-            "",
-            "h:",
-            "a%41b",
-            "x!$&'()*+,;=",
-        ] {
-            assert!(is_valid_host(good), "{good:?}");
-        }
-        for bad in [
-            "a b", "a/b", "a:b", "a:123456", "a:99999", "[::1", "[zz]", "a@b", "a%4", "[::1]x",
-            "a?b", "a#b",
-        ] {
-            assert!(!is_valid_host(bad), "{bad:?}");
+    fn a_host_that_is_not_host_and_port_is_refused() {
+        for bad in ["a b", "a:b", "[::1", "a@b"] {
             let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
             assert_eq!(status(&raw), Some(400), "{bad:?}");
         }
@@ -534,30 +394,5 @@ mod tests {
         assert_eq!(origin_form("https://x"), "/");
         assert_eq!(origin_form("/plain"), "/plain");
         assert_eq!(origin_form("*"), "*");
-    }
-
-    #[test]
-    fn answers_are_framed() {
-        let text = |r: &Response, head, close| {
-            String::from_utf8(encode(r, "id", head, close)).unwrap_or_default()
-        };
-        let ok = Response::error(404, "Not found").with_header("Allow", "GET");
-        let out = text(&ok, false, false);
-        assert!(
-            out.starts_with("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"),
-            "{out}"
-        );
-        assert!(out.contains("X-Request-Id: id\r\nAllow: GET\r\nContent-Length: 21\r\n\r\n{\"error\":\"Not found\"}"), "{out}");
-        assert!(!out.contains("Connection"));
-        let head = text(&ok, true, true);
-        assert!(
-            head.ends_with("Connection: close\r\n\r\n") && !head.contains("Content-Length"),
-            "{head}"
-        );
-        let empty = text(&Response::error(204, "x"), false, false);
-        assert!(
-            empty.ends_with("nosniff\r\nX-Request-Id: id\r\n\r\n"),
-            "{empty}"
-        );
     }
 }

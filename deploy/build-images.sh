@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Builds the two container images, offline, with no registry:
-#   echo-service-a:latest and echo-service-b:latest, each FROM scratch with one statically
+#   echo-service-a:VERSION and echo-service-b:VERSION, each FROM scratch with one statically
 #   linked binary (glibc, -C target-feature=+crt-static on x86_64-unknown-linux-gnu).
 # The release build goes to its own target directory (CARGO_TARGET_DIR, default
 # target/static) so it neither waits on nor invalidates the ordinary target/ builds.
 # The docker build context is a temporary directory holding the binary and its Dockerfile
 # only, never the repository or target/.
-# Environment: IMAGE_TAG (default latest), CARGO_TARGET_DIR, SKIP_CARGO=1 (reuse the binaries).
+# VERSION is the workspace version in Cargo.toml ([workspace.package] version), the tag that
+# compose.yaml and deploy/k8s/ name; never `latest`.
+# Environment: IMAGE_TAG (default: that version), CARGO_TARGET_DIR, SKIP_CARGO=1 (reuse the binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
-tag=${IMAGE_TAG:-latest}
+# The version line of [workspace.package] (the first `version = "…"` after that header).
+version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' Cargo.toml | head -n 1)
+[ -n "$version" ] || { echo "build-images: no version in Cargo.toml's [workspace.package]" >&2; exit 1; }
+tag=${IMAGE_TAG:-$version}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/static}
 bin_dir="$CARGO_TARGET_DIR/$target/release"
 

@@ -5,8 +5,12 @@
 #     the package; checked against the oldest and the newest versions named in K8S_VERSIONS;
 #  2. for what a schema cannot see: selectors that match the pod labels, probe ports that
 #     name a container port, and this project's rules (A: 3 replicas behind a headless
-#     Service, a PodDisruptionBudget; liveness /health, readiness /ready, requests and limits,
-#     a grace period above the 5 s drain, Prometheus annotations, non-root, read-only root).
+#     Service; a PodDisruptionBudget with maxUnavailable: 1 for A and for B; topology spread
+#     for both; liveness /health, readiness /ready with a period of at most 2 s; requests and
+#     limits; SERVICE_*_DRAIN_MS set and terminationGracePeriodSeconds above that drain plus
+#     the 5 s in-flight grace; images tagged with the workspace version of Cargo.toml, never
+#     latest, and compose.yaml naming the same tag; Prometheus annotations, non-root,
+#     read-only root).
 # Installs kubernetes-validate with pip when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +32,13 @@ done
 
 echo "== selectors, ports and the project's rules"
 python3 - "${manifests[@]}" <<'PY'
+import re
 import sys
+import tomllib
 import yaml
+
+with open("Cargo.toml", "rb") as f:
+    version = tomllib.load(f)["workspace"]["package"]["version"]
 
 docs = []
 for path in sys.argv[1:]:
@@ -59,11 +68,26 @@ for name, dep in deployments.items():
           f"deployment/{name}: selector does not match the pod labels")
     ann = pod["metadata"].get("annotations", {})
     podspec = pod["spec"]
-    check(podspec.get("terminationGracePeriodSeconds", 30) > 5,
-          f"deployment/{name}: terminationGracePeriodSeconds must exceed the 5 s drain")
+    grace = podspec.get("terminationGracePeriodSeconds", 30)
     psc = podspec.get("securityContext", {})
+    spread = podspec.get("topologySpreadConstraints", [])
+    check(any(t.get("topologyKey") == "kubernetes.io/hostname"
+              and matches(t.get("labelSelector", {}).get("matchLabels"), labels) for t in spread),
+          f"deployment/{name}: topologySpreadConstraints over kubernetes.io/hostname selecting its pods")
     for c in podspec["containers"]:
         cname = f"deployment/{name} container {c['name']}"
+        image = c.get("image", "")
+        check(image.rpartition(":")[2] == version,
+              f"{cname}: image {image!r} must be tagged with the workspace version {version}")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        drains = [v for k, v in env.items() if re.fullmatch(r"SERVICE_[AB]_DRAIN_MS", k)]
+        check(len(drains) == 1 and str(drains[0]).isdigit(), f"{cname}: SERVICE_*_DRAIN_MS must be set")
+        if len(drains) == 1 and str(drains[0]).isdigit():
+            drain_s = int(drains[0]) / 1000
+            check(grace > drain_s + 5,
+                  f"{cname}: terminationGracePeriodSeconds {grace} must exceed the drain ({drain_s:g} s) + 5 s in-flight grace")
+        period = c.get("readinessProbe", {}).get("periodSeconds", 10)
+        check(period <= 2, f"{cname}: readinessProbe.periodSeconds {period} must be short (at most 2 s)")
         ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/path") == "/metrics"
               and ann.get("prometheus.io/port") in {str(p) for p in ports.values()},
@@ -99,16 +123,31 @@ if a is not None:
     check(services.get("service-a", {}).get("spec", {}).get("clusterIP") == "None",
           "service/service-a must be headless (clusterIP: None) so B resolves every pod")
     a_labels = a["spec"]["template"]["metadata"]["labels"]
-    check(any(matches(p["spec"]["selector"].get("matchLabels"), a_labels) for p in pdbs),
-          "a PodDisruptionBudget must select service-a's pods")
 if b is not None:
     env = {e["name"]: e.get("value") for e in b["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     check(env.get("SERVICE_A_URL") == "http://service-a:8080", "deployment/service-b: SERVICE_A_URL=http://service-a:8080")
     check("service-b" in services, "a Service for B is needed")
 
+for name, dep in deployments.items():
+    labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    mine = [p for p in pdbs if matches(p["spec"]["selector"].get("matchLabels"), labels)]
+    check(len(mine) == 1, f"deployment/{name}: exactly one PodDisruptionBudget must select its pods")
+    for p in mine:
+        check(p["spec"].get("maxUnavailable") == 1 and "minAvailable" not in p["spec"],
+              f"poddisruptionbudget/{p['metadata']['name']}: maxUnavailable: 1")
+
+# compose.yaml names the same images, by the same tag (its default when IMAGE_TAG is unset).
+with open("compose.yaml") as f:
+    compose = yaml.safe_load(f)
+for svc, spec in compose["services"].items():
+    image = spec.get("image", "")
+    m = re.fullmatch(r"echo-service-[ab]:\$\{IMAGE_TAG:-([^}]*)\}", image)
+    check(m is not None and m.group(1) == version,
+          f"compose.yaml {svc}: image {image!r} must be echo-service-X:${{IMAGE_TAG:-{version}}}")
+
 for e in errors:
     print("ERROR", e)
 if errors:
     sys.exit(1)
-print(f"OK {len(docs)} resources: selectors, ports and rules hold")
+print(f"OK {len(docs)} resources: selectors, ports and rules hold; images tagged {version}")
 PY

@@ -22,6 +22,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
 
+    /// Before each point, wait at most this many seconds for the machine to be under 10 %
+    /// busy (0: do not wait), so that a concurrent build skews fewer points.
+    #[arg(long, default_value_t = 20)]
+    pub quiet_wait: u64,
+
     /// wrk threads (never more than connections).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,

@@ -7,7 +7,8 @@
 //! sockets, with its goals checked in one table.
 //!
 //! Read top-down: [`run`] drives [`fleet`] (the servers, [`server`]) and [`wrk`], gathers
-//! [`results`], checks [`goals`] and renders the [`report`].
+//! [`results`], checks [`goals`] and renders the [`report`]; [`machine`] says how busy the
+//! machine is and what it is.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod fleet;
 pub mod goals;
+pub mod machine;
 pub mod report;
 pub mod results;
 pub mod run;

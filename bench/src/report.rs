@@ -58,35 +58,22 @@ pub fn render(meta: &Meta, r: &Results, goals: &[Goal]) -> String {
 }
 
 fn setup(s: &mut String, m: &Meta) {
-    let _ = writeln!(s, "\n## Setup\n");
-    let lines = [
-        "- Everything on loopback (127.0.0.1), on free ports, on the same CPUs as wrk; each server in"
-            .to_string(),
-        "  a session of its own, its stdout and stderr to a file (every server pays for its access log)."
-            .to_string(),
-        "- `service_a --log-level info`; `service_b --log-level info --timeout-ms 2000` calling that A;"
-            .to_string(),
-        "  the ceiling `bench_ceiling` (a fixed 16-byte JSON answer, no log); the anchors from".to_string(),
-        "  `../shared/anchors` (axum + reqwest, actix-web + awc), each B calling its own A.".to_string(),
-        format!(
-            "- wrk: `wrk -t min(conns,{}) -c conns -d {}s --timeout {} --latency`, keep-alive; {}",
-            m.threads,
-            m.duration,
-            m.wrk_timeout,
-            if m.warmup > 0 {
-                format!("a {} s warm-up at the same count before each point, checked like it.", m.warmup)
-            } else {
-                "no warm-up.".to_string()
-            }
-        ),
-        format!(
-            "- Points per connection count in the order of the table. Measuring took {} s.",
-            m.elapsed_secs
-        ),
-    ];
-    for line in &lines {
-        let _ = writeln!(s, "{line}");
-    }
+    let warmup = match m.warmup {
+        0 => "no warm-up.".to_string(),
+        secs => format!("a {secs} s warm-up at the same count before each point, checked like it."),
+    };
+    let _ = writeln!(
+        s,
+        "\n## Setup\n\n\
+         - Everything on loopback (127.0.0.1), on free ports, on the same CPUs as wrk; each server in\n  \
+         a session of its own, its stdout and stderr to a file (every server pays for its access log).\n\
+         - `service_a --log-level info`; `service_b --log-level info --timeout-ms 2000` calling that A;\n  \
+         the ceiling `bench_ceiling` (a fixed 16-byte JSON answer, no log); the anchors (axum +\n  \
+         reqwest, actix-web + awc, from `../shared/anchors`), each B calling its own A.\n\
+         - wrk: `wrk -t min(conns,{}) -c conns -d {}s --timeout {} --latency`, keep-alive; {warmup}\n\
+         - Points per connection count in the order of the table. Measuring took {} s.",
+        m.threads, m.duration, m.wrk_timeout, m.elapsed_secs
+    );
     for note in &m.notes {
         let _ = writeln!(s, "- {note}");
     }
@@ -96,8 +83,8 @@ fn points(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "\n## Results\n\n\
-         | target | conns | req/s | p50 ms | p99 ms | % of ceiling | ours / actix | ours / axum | non-2xx | socket errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | target | conns | req/s | p50 ms | p99 ms | % of ceiling | ours / actix | ours / axum | non-2xx | socket errors | busy before |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for p in &r.points {
         let m = &p.measured;
@@ -114,7 +101,7 @@ fn points(s: &mut String, r: &Results) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {} | {} | {} % |",
             p.kind.label(),
             p.conns,
             m.rps,
@@ -122,11 +109,16 @@ fn points(s: &mut String, r: &Results) {
             ms(m.p99_ms),
             sum(p, |r| r.non_2xx),
             sum(p, |r| r.errors.total()),
+            p.busy_before,
         );
     }
     let _ = writeln!(
         s,
-        "\nnon-2xx and socket errors (connect, read, write, timeout) count the warm-up too."
+        "\nnon-2xx and socket errors (connect, read, write, timeout) count the warm-up too. \
+         busy before: the machine's CPU use over the half second before the point, after waiting\n\
+         (`--quiet-wait`) for it to fall under {} %; a point that started busier shares the CPUs\n\
+         with something else: compare it with care.",
+        crate::machine::QUIET_PCT
     );
 }
 

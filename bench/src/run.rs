@@ -1,17 +1,16 @@
 //! One run from start to end: servers up, every point measured, figures read, servers
 //! stopped, goals checked, markdown printed (and written when asked).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cli::Args;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Target};
 use crate::report::{self, Meta};
 use crate::results::{Point, Results};
-use crate::{goals, sockets, wrk};
+use crate::{goals, machine, sockets, wrk};
 
 /// Runs the benchmark; an error is one line saying why it could not run.
 pub fn run(args: &Args) -> Result<(), String> {
@@ -25,7 +24,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
     }
     let mut meta = Meta::default();
-    machine(&mut meta);
+    machine::describe(&mut meta);
     let work = WorkDir::create(args.keep)?;
     eprintln!(
         "==> starting the servers on free loopback ports (logs in {})",
@@ -48,28 +47,9 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut results = Results::default();
     for &c in &conns {
         for target in &fleet.targets {
-            let check = || match interrupted.load(Ordering::SeqCst) {
-                true => Err("interrupted: servers stopped, nothing written".to_string()),
-                false => Ok(()),
-            };
-            check()?;
-            let warmup = match args.warmup {
-                0 => None,
-                secs => Some(load.run(&target.url, c, secs)?),
-            };
-            let measured = load.run(&target.url, c, args.duration)?;
-            check()?;
-            let point = Point {
-                kind: target.kind,
-                conns: c,
-                measured,
-                warmup,
-            };
-            eprintln!(
-                "  [{}/{total}] {}",
-                results.points.len() + 1,
-                progress(&point)
-            );
+            let point = measure(args, &load, target, c, &interrupted)?;
+            let n = results.points.len() + 1;
+            eprintln!("  [{n}/{total}] {}", progress(&point));
             results.points.push(point);
         }
     }
@@ -99,16 +79,47 @@ pub fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One point: wait for a quiet machine, warm up, measure.
+fn measure(
+    args: &Args,
+    load: &wrk::Load,
+    target: &Target,
+    conns: u32,
+    interrupted: &AtomicBool,
+) -> Result<Point, String> {
+    let check = || match interrupted.load(Ordering::SeqCst) {
+        true => Err("interrupted: servers stopped, nothing written".to_string()),
+        false => Ok(()),
+    };
+    check()?;
+    let busy_before = machine::wait_quiet(Duration::from_secs(args.quiet_wait));
+    check()?;
+    let warmup = match args.warmup {
+        0 => None,
+        secs => Some(load.run(&target.url, conns, secs)?),
+    };
+    let measured = load.run(&target.url, conns, args.duration)?;
+    check()?;
+    Ok(Point {
+        kind: target.kind,
+        conns,
+        measured,
+        warmup,
+        busy_before,
+    })
+}
+
 fn progress(p: &Point) -> String {
     let m = &p.measured;
     let bad: u64 = p.runs().map(|r| r.non_2xx + r.errors.total()).sum();
     format!(
-        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms{}",
+        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  (busy before {:>3} %){}",
         p.kind.label(),
         p.conns,
         m.rps,
         m.p50_ms.unwrap_or(f64::NAN),
         m.p99_ms.unwrap_or(f64::NAN),
+        p.busy_before,
         if bad > 0 {
             format!("  {bad} non-2xx or socket errors")
         } else {
@@ -126,82 +137,6 @@ fn command_line() -> String {
         line.push_str(&arg);
     }
     line
-}
-
-/// The machine rows and the date.
-fn machine(meta: &mut Meta) {
-    let date = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
-        ))
-        .unwrap_or_default();
-    meta.date = date.clone();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_string();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let git = output(
-        "git",
-        &[
-            "-C",
-            &workspace.to_string_lossy(),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    );
-    let dirty = output(
-        "git",
-        &[
-            "-C",
-            &workspace.to_string_lossy(),
-            "status",
-            "--porcelain",
-            "--",
-            "echo_core",
-            "service_a",
-            "service_b",
-        ],
-    );
-    let commit = match dirty.is_empty() {
-        true => git,
-        false => format!("{git}, with uncommitted changes to the services"),
-    };
-    meta.machine = vec![
-        ("CPUs".into(), cpus.to_string()),
-        ("CPU model".into(), model),
-        (
-            "kernel".into(),
-            read("/proc/sys/kernel/osrelease").trim().to_string(),
-        ),
-        ("load generator".into(), wrk::version()),
-        ("commit".into(), commit),
-        (
-            "load average before the run".into(),
-            read("/proc/loadavg")
-                .split(' ')
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        ("date".into(), date),
-    ];
-}
-
-/// A command's stdout, trimmed; empty if it cannot run.
-fn output(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// The work directory (server logs): removed at the end unless kept.

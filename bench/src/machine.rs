@@ -13,11 +13,12 @@ pub const QUIET_PCT: u32 = 10;
 
 /// Waits, at most `limit`, until the machine is under [`QUIET_PCT`] busy over half a second,
 /// so that a point does not start while something else (a build) holds the CPUs. Returns the
-/// last busy percentage measured (0 when `limit` is zero: nothing measured).
-pub fn wait_quiet(limit: Duration) -> u32 {
+/// last busy percentage measured (0 when `limit` is zero: nothing measured). Stops waiting
+/// as soon as `stop` says so.
+pub fn wait_quiet(limit: Duration, stop: impl Fn() -> bool) -> u32 {
     let deadline = Instant::now() + limit;
     let mut pct = 0;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop() {
         let before = cpu_ticks();
         thread::sleep(Duration::from_millis(500));
         pct = busy_pct(before, cpu_ticks());

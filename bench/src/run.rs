@@ -87,17 +87,18 @@ fn measure(
     conns: u32,
     interrupted: &AtomicBool,
 ) -> Result<Point, String> {
-    let check = || match interrupted.load(Ordering::SeqCst) {
+    let stop = || interrupted.load(Ordering::SeqCst);
+    let check = || match stop() {
         true => Err("interrupted: servers stopped, nothing written".to_string()),
         false => Ok(()),
     };
-    check()?;
-    let busy_before = machine::wait_quiet(Duration::from_secs(args.quiet_wait));
+    let busy_before = machine::wait_quiet(Duration::from_secs(args.quiet_wait), stop);
     check()?;
     let warmup = match args.warmup {
         0 => None,
         secs => Some(load.run(&target.url, conns, secs)?),
     };
+    check()?;
     let measured = load.run(&target.url, conns, args.duration)?;
     check()?;
     Ok(Point {

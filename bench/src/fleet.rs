@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::Args;
+use crate::machine;
 use crate::results::{Kind, MSG};
 use crate::server::{free_addr, Server};
 
@@ -46,11 +47,13 @@ impl Binaries {
                 .and_then(|exe| exe.parent().map(Path::to_path_buf))
                 .ok_or("cannot tell this program's directory: give --bin-dir")?,
         };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let anchors = args
-            .anchors
-            .clone()
-            .unwrap_or(workspace.join("../shared/anchors"));
+        let workspace = machine::workspace_root();
+        let anchors = args.anchors.clone().unwrap_or_else(|| {
+            workspace
+                .parent()
+                .unwrap_or(&workspace)
+                .join("shared/anchors")
+        });
         let bins = Binaries {
             a: args.a_binary.clone().unwrap_or(dir.join("service_a")),
             b: args.b_binary.clone().unwrap_or(dir.join("service_b")),

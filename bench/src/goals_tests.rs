@@ -20,7 +20,7 @@ fn point(kind: Kind, conns: u32, rps: f64, p99_ms: f64) -> Point {
         conns,
         measured: run(rps, p99_ms),
         warmup: Some(run(rps, p99_ms)),
-        busy_before: 0,
+        busy_before: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The machine the run is on: what the report says about it, and how busy it is.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,16 +13,17 @@ pub const QUIET_PCT: u32 = 10;
 
 /// Waits, at most `limit`, until the machine is under [`QUIET_PCT`] busy over half a second,
 /// so that a point does not start while something else (a build) holds the CPUs. Returns the
-/// last busy percentage measured (0 when `limit` is zero: nothing measured). Stops waiting
-/// as soon as `stop` says so.
-pub fn wait_quiet(limit: Duration, stop: impl Fn() -> bool) -> u32 {
+/// last busy percentage measured (none when `limit` is zero). Stops waiting as soon as
+/// `stop` says so.
+pub fn wait_quiet(limit: Duration, stop: impl Fn() -> bool) -> Option<u32> {
     let deadline = Instant::now() + limit;
-    let mut pct = 0;
+    let mut pct = None;
     while Instant::now() < deadline && !stop() {
         let before = cpu_ticks();
         thread::sleep(Duration::from_millis(500));
-        pct = busy_pct(before, cpu_ticks());
-        if pct < QUIET_PCT {
+        let busy = busy_pct(before, cpu_ticks());
+        pct = Some(busy);
+        if busy < QUIET_PCT {
             break;
         }
     }
@@ -56,6 +57,12 @@ fn busy_pct((busy0, total0): (u64, u64), (busy1, total1): (u64, u64)) -> u32 {
     }
 }
 
+/// The workspace this program was built in (the parent of the `bench` package).
+pub fn workspace_root() -> PathBuf {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).to_path_buf()
+}
+
 /// Fills in the date and the machine rows of the report.
 pub fn describe(meta: &mut Meta) {
     let date = time::OffsetDateTime::now_utc()
@@ -74,7 +81,7 @@ pub fn describe(meta: &mut Meta) {
         .unwrap_or("unknown")
         .trim()
         .to_string();
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = workspace_root();
     let git = output(
         "git",
         &[

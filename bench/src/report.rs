@@ -15,7 +15,7 @@ pub struct Meta {
     pub date: String,
     /// `| key | value |` rows about the machine.
     pub machine: Vec<(String, String)>,
-    /// Seconds per point, warm-up seconds, wrk threads and timeout.
+    /// Seconds per measured point.
     pub duration: u64,
     /// Warm-up seconds before each point.
     pub warmup: u64,
@@ -101,7 +101,7 @@ fn points(s: &mut String, r: &Results) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {} | {} | {} % |",
+            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {} | {} | {} |",
             p.kind.label(),
             p.conns,
             m.rps,
@@ -109,7 +109,7 @@ fn points(s: &mut String, r: &Results) {
             ms(m.p99_ms),
             sum(p, |r| r.non_2xx),
             sum(p, |r| r.errors.total()),
-            p.busy_before,
+            p.busy_before.map_or("—".to_string(), |b| format!("{b} %")),
         );
     }
     let _ = writeln!(

@@ -84,8 +84,9 @@ pub struct Point {
     pub measured: WrkResult,
     /// The warm-up before it (same connections, not timed, checked like the timed run).
     pub warmup: Option<WrkResult>,
-    /// How busy the machine was (percent) when the point started, after the wait for quiet.
-    pub busy_before: u32,
+    /// How busy the machine was (percent) when the point started, after the wait for quiet
+    /// (none when there was no wait).
+    pub busy_before: Option<u32>,
 }
 
 impl Point {

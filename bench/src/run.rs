@@ -114,13 +114,13 @@ fn progress(p: &Point) -> String {
     let m = &p.measured;
     let bad: u64 = p.runs().map(|r| r.non_2xx + r.errors.total()).sum();
     format!(
-        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  (busy before {:>3} %){}",
+        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  (busy before {:>5}){}",
         p.kind.label(),
         p.conns,
         m.rps,
         m.p50_ms.unwrap_or(f64::NAN),
         m.p99_ms.unwrap_or(f64::NAN),
-        p.busy_before,
+        p.busy_before.map_or("—".to_string(), |b| format!("{b} %")),
         if bad > 0 {
             format!("  {bad} non-2xx or socket errors")
         } else {

@@ -13,7 +13,7 @@ Bounded: stops by itself after --duration seconds, after --count calls in all, o
 --stop-file appears, whichever comes first.
 
 Writes one line per call to --out, ordered by start time:
-  START_EPOCH CLIENT STATUS MS VERDICT [DETAIL]
+  START_EPOCH CLIENT STATUS MS VERDICT REQUEST_ID [DETAIL]
 and prints one summary line (key=value) on stdout:
   calls= ok= failed= c503= violations= p50= p99= max= over1s=
 failed counts every call that was not ok (c503 included); violations counts BAD calls and
@@ -82,7 +82,7 @@ def client(i, args, path, end, per_client):
                     conn.close()
                 conn = None
             ms = (time.monotonic() - m0) * 1000
-            line = f"{t0:.3f} {i} {status} {ms:.1f} {v}"
+            line = f"{t0:.3f} {i} {status} {ms:.1f} {v} {rid}"
             if detail:
                 line += " " + json.dumps(detail)
             log.write(line + "\n")
@@ -102,7 +102,7 @@ def summarize(lines, limit_ms):
     ms = []
     ok = c503 = bad = over_limit = over1s = 0
     for line in lines:
-        f = line.split(" ", 5)
+        f = line.split(" ", 6)
         t = float(f[3])
         ms.append(t)
         ok += f[4] == "ok"

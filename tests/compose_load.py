@@ -9,8 +9,9 @@ answer with `Connection: close` or an error). Every call is checked against the 
              "kind": one of B's kinds}  (a failed call, but within the contract)
   BAD        anything else: another status or body, a reset, a client timeout (5 s)
 and a call slower than --limit-ms (2200) is a violation too, whatever it answered.
-Bounded: stops by itself after --duration seconds, after --count calls in all, or when the
---stop-file appears, whichever comes first.
+Bounded: stops by itself after --duration seconds, after --count calls in all, when the
+--stop-file appears, or when this process is killed (each client stops after its call in
+flight), whichever comes first.
 
 Writes one line per call to --out, ordered by start time:
   START_EPOCH CLIENT STATUS MS VERDICT REQUEST_ID [DETAIL]
@@ -51,13 +52,15 @@ def verdict(status, body, msg):
     return "BAD", f"status {status}: " + body[:300]
 
 
-def client(i, args, path, end, per_client):
+def client(i, args, path, end, per_client, parent):
     rng = random.Random(f"{args.name}-{i}")
     conn = None
     n = 0
     with open(path, "w") as log:
         while time.time() < end and (per_client == 0 or n < per_client):
             if args.stop_file and os.path.exists(args.stop_file):
+                break
+            if os.getppid() != parent:  # the parent was killed: stop too
                 break
             n += 1
             rid = f"{args.name}-{i}-{n}"
@@ -132,12 +135,13 @@ def main():
     end = time.time() + args.duration
     per_client = math.ceil(args.count / args.clients) if args.count else 0
     pids = []
+    parent = os.getpid()
     for i in range(args.clients):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                client(i, args, f"{args.out}.{i}", end, per_client)
+                client(i, args, f"{args.out}.{i}", end, per_client, parent)
             except BaseException as e:
                 print(f"compose_load: client {i}: {e}", file=sys.stderr)
                 code = 1

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use crate::choice::{choose, fastest_estimate, Chosen};
-use crate::client::{EchoClient, Failed, Forward, Health, Limits};
+use crate::client::{Answer, EchoClient, Failed, Forward, Health, Limits};
 use crate::error::CallError;
 use crate::metrics::Upstream;
 use crate::replica::Replica;
@@ -32,6 +32,8 @@ const PROBE_FLOOR: Duration = Duration::from_millis(20);
 /// The retry budget holds at most this many retries (and starts full): a burst beyond the
 /// budget's share, for a fleet with little traffic.
 const BUDGET_BURST: i64 = 10;
+/// A replica that said it drains has its `/ready` asked this often until it says 200.
+pub(crate) const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// How a call to A ended, and on which replica (`None` when it was never made).
 pub(crate) struct Call {
@@ -240,7 +242,7 @@ impl Caller {
         path: &str,
         limits: Limits,
         forward: Forward<'_>,
-    ) -> Result<(Value, Duration), Failed> {
+    ) -> Result<(Answer, Duration), Failed> {
         let _load = replica.enter();
         let started = Instant::now();
         let url = format!("{}{path}", replica.base);
@@ -255,10 +257,15 @@ impl Caller {
 
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
     /// re-resolution when its connect was refused.
-    fn record(&self, replica: &Replica, outcome: &Result<(Value, Duration), Failed>, probe: bool) {
+    fn record(&self, replica: &Replica, outcome: &Result<(Answer, Duration), Failed>, probe: bool) {
         let failed = match outcome {
-            Ok((_, took)) => {
+            Ok((answer, took)) => {
                 replica.breaker.succeeded();
+                if answer.closing && replica.start_draining(DRAIN_CHECK_EVERY) {
+                    log::info!(target: "service_b", "replica {} is draining (it closed the connection of its answer): no new calls while others can take them, until its /ready says 200", replica.addr);
+                    self.metrics().drained(replica.addr);
+                    self.replicas.wake_upkeep();
+                }
                 return replica.observe(*took, probe);
             }
             Err(failed) => failed,
@@ -289,7 +296,7 @@ impl Caller {
         &self,
         started: Instant,
         replica: &Arc<Replica>,
-        outcome: Result<(Value, Duration), Failed>,
+        outcome: Result<(Answer, Duration), Failed>,
         probe: bool,
     ) -> Call {
         self.record(replica, &outcome, probe);
@@ -298,7 +305,7 @@ impl Caller {
             .0
             .observe(started.elapsed().as_secs_f64());
         Call {
-            result: outcome.map(|(value, _)| value).map_err(|f| f.error),
+            result: outcome.map(|(answer, _)| answer.value).map_err(|f| f.error),
             replica: Some(Arc::clone(replica)),
         }
     }

@@ -9,7 +9,8 @@
 //!   replica's estimate, see `call`), so that it wins its share back when it recovers while
 //!   a user pays at most that limit when it has not;
 //! - a replica in its slow start (just joined, or just readmitted) keeps a call it won only
-//!   with its warm share, growing from 10 % to all over `--slow-start-ms`.
+//!   with its warm share, growing from 10 % to all over `--slow-start-ms`;
+//! - a replica that said it drains gets no call while another can take it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,7 +43,10 @@ pub(crate) fn choose<'a>(
     except: Option<&Replica>,
     may_probe: bool,
 ) -> Option<(&'a Arc<Replica>, Chosen)> {
-    let usable = |r: &&Arc<Replica>| r.usable() && except.is_none_or(|e| e.addr != r.addr);
+    let open = |r: &&Arc<Replica>| r.usable() && except.is_none_or(|e| e.addr != r.addr);
+    // A draining replica takes calls only when no other can.
+    let avoid_draining = set.iter().any(|r| open(&r) && !r.draining());
+    let usable = |r: &&Arc<Replica>| open(r) && !(avoid_draining && r.draining());
     let count = set.iter().filter(usable).count();
     let now = now_ns();
     let nth = |n: usize| set.iter().filter(usable).nth(n);

@@ -76,6 +76,15 @@ impl Limits {
     }
 }
 
+/// A's answer to one attempt.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// Its JSON object.
+    pub(crate) value: Value,
+    /// It closed its connection (`Connection: close`): A is draining, or sheds connections.
+    pub(crate) closing: bool,
+}
+
 /// The headers of the incoming request that go on to A.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Forward<'a> {
@@ -168,7 +177,7 @@ impl EchoClient {
         url: &str,
         limits: Limits,
         forward: Forward<'_>,
-    ) -> Result<Value, Failed> {
+    ) -> Result<Answer, Failed> {
         transport::new_attempt();
         let budget = limits.budget();
         let result = self.with_agents(|agents| {
@@ -195,6 +204,11 @@ impl EchoClient {
                 .call()
                 .map_err(|e| self.classify(e, limits))?;
             let status = response.status().as_u16();
+            let closing = response
+                .headers()
+                .get("connection")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
             if status == 504 && response.headers().contains_key(DEADLINE_EXCEEDED_HEADER) {
                 return Err(Failed {
                     error: CallError::Timeout(self.timeout),
@@ -227,9 +241,12 @@ impl EchoClient {
                     ureq::Error::Timeout(_) => CallError::Timeout(self.timeout),
                     other => CallError::BadResponse(format!("reading the body failed: {other}")),
                 })
+                .map(|body| (body, closing))
                 .map_err(|e| Failed::failing(e, false))
         })?;
-        parse_echo(&result).map_err(|e| Failed::failing(e, false))
+        let (body, closing) = result;
+        let value = parse_echo(&body).map_err(|e| Failed::failing(e, false))?;
+        Ok(Answer { value, closing })
     }
 
     /// Sorts a failure before a complete answer head into retryable or final, by what had

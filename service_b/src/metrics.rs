@@ -59,6 +59,7 @@ pub(crate) struct Upstream {
     pub(crate) duration: UpstreamDuration,
     pub(crate) in_flight: Gauge,
     pub(crate) ejections: Family<ReplicaLabel, Counter>,
+    pub(crate) drains: Family<ReplicaLabel, Counter>,
     pub(crate) probes: Family<ProbeLabels, Counter>,
     pub(crate) resolutions: Family<ReasonLabel, Counter>,
     /// The replica set, read at each scrape.
@@ -110,8 +111,13 @@ impl Upstream {
             self.ejections.clone(),
         );
         registry.register(
+            "upstream_drains",
+            "Replicas of Service A seen draining (an answer with Connection: close): avoided until their /ready says 200",
+            self.drains.clone(),
+        );
+        registry.register(
             "upstream_probes",
-            "Probes of replicas of Service A by kind (health: B's GET /ready of an ejected replica; latency: a call sent to a replica passed over) and result",
+            "Probes of replicas of Service A by kind (health: B's GET /ready of an ejected replica; drain: of a draining one; latency: a call sent to a replica passed over) and result",
             self.probes.clone(),
         );
         registry.register(
@@ -130,6 +136,15 @@ impl Upstream {
     /// Counts one ejection of `replica`.
     pub(crate) fn ejected(&self, replica: std::net::SocketAddr) {
         self.ejections
+            .get_or_create(&ReplicaLabel {
+                replica: replica.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one replica seen starting to drain.
+    pub(crate) fn drained(&self, replica: std::net::SocketAddr) {
+        self.drains
             .get_or_create(&ReplicaLabel {
                 replica: replica.to_string(),
             })

@@ -47,6 +47,9 @@ pub(crate) struct Replica {
     slow_until: AtomicU64,
     /// It left the set: a call holding an older view must not retry on it.
     departed: AtomicBool,
+    /// It said it is draining (`Connection: close` on an answer): when its `/ready` is next
+    /// asked (ns, see [`now_ns`]); 0 when it is not draining.
+    drain_check_at: AtomicU64,
 }
 
 impl Replica {
@@ -68,6 +71,7 @@ impl Replica {
             slow_from: AtomicU64::new(0),
             slow_until: AtomicU64::new(0),
             departed: AtomicBool::new(false),
+            drain_check_at: AtomicU64::new(0),
         }
     }
 
@@ -87,6 +91,29 @@ impl Replica {
     /// Whether it left its name's addresses (an IP of its own never does).
     pub(crate) fn departed(&self) -> bool {
         self.departed.load(Ordering::Relaxed)
+    }
+
+    /// Whether it said it is draining and has not said it is ready since: calls avoid it
+    /// while another replica can take them (a lame duck, as Envoy and gRPC treat a
+    /// connection that announces its end).
+    pub(crate) fn draining(&self) -> bool {
+        self.drain_check_at.load(Ordering::Relaxed) != 0
+    }
+
+    /// Marks it draining, its `/ready` to be asked after `check_in`; true if it was not.
+    pub(crate) fn start_draining(&self, check_in: Duration) -> bool {
+        let at = now_ns() + check_in.as_nanos() as u64;
+        self.drain_check_at.swap(at, Ordering::Relaxed) == 0
+    }
+
+    /// When its `/ready` is next asked while it drains (ns), if it drains.
+    pub(crate) fn drain_check_at(&self) -> Option<u64> {
+        Some(self.drain_check_at.load(Ordering::Relaxed)).filter(|at| *at != 0)
+    }
+
+    /// Its `/ready` said 200: it takes calls again.
+    pub(crate) fn stop_draining(&self) {
+        self.drain_check_at.store(0, Ordering::Relaxed);
     }
 
     /// Marks it as having left the set (`true`) or come back (`false`).
@@ -124,13 +151,15 @@ impl Replica {
         done.clamp(0.1, 1.0)
     }
 
-    /// Starts its slow start now, from `estimate` (ns): a joining or returning replica.
+    /// Starts its slow start now, from `estimate` (ns): a joining or returning replica, which
+    /// is a new start of it, draining no longer.
     pub(crate) fn start_slowly(&self, slow_start: Duration, estimate: f64) {
         let now = now_ns();
         self.slow_from.store(now, Ordering::Relaxed);
         self.slow_until
             .store(now + slow_start.as_nanos() as u64, Ordering::Relaxed);
         self.set_estimate(estimate, now);
+        self.stop_draining();
     }
 
     fn set_estimate(&self, ns: f64, now: u64) {

@@ -1,14 +1,16 @@
 //! B's one background thread for its replicas: it resolves A's names again every
 //! `--resolve-every-ms` and at once when a call asks (see `Replicas::resolve_soon`), and it
 //! probes each ejected replica when its cooldown ends, with B's own `GET /ready` (503 while
-//! A drains), readmitting it on a 200 and ejecting it again, for longer, on anything else.
+//! A drains), readmitting it on a 200 and ejecting it again, for longer, on anything else;
+//! and it asks a replica that said it drains for its `/ready` until it says 200.
 //! So no user call is ever the trial of an ejected replica, and no call ever resolves.
 
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::replica::Replica;
+use crate::call::DRAIN_CHECK_EVERY;
+use crate::replica::{now_ns, Replica};
 use crate::replicas::{median_estimate, Replicas};
 
 /// The longest B waits for an ejected replica's `/ready`.
@@ -79,12 +81,20 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration) {
         for replica in set.iter().filter(|r| r.breaker.probe_due()) {
             probe(&replicas, &set, replica);
         }
+        let at_ns = now_ns();
+        let draining_due = |r: &&Arc<Replica>| r.drain_check_at().is_some_and(|at| at <= at_ns);
+        for replica in set.iter().filter(draining_due) {
+            check_drain(&replicas, replica);
+        }
         // Sleep until the next resolution or probe, whichever comes first; a call may wake
         // us sooner. The replicas are not held meanwhile, so they can be dropped.
         let now = Instant::now();
         let mut until = next_resolution.max(now);
         if let Some(soonest) = set.iter().filter_map(|r| r.breaker.probe_at()).min() {
             until = until.min(soonest.max(now));
+        }
+        if let Some(soonest) = set.iter().filter_map(|r| r.drain_check_at()).min() {
+            until = until.min(now + Duration::from_nanos(soonest.saturating_sub(now_ns())));
         }
         drop(set);
         drop(replicas);
@@ -122,5 +132,19 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
         replica.readmitted(replicas.settings.slow_start, median_estimate(set));
     } else {
         replicas.metrics.ejected(replica.addr);
+    }
+}
+
+/// B's own `GET /ready` of a replica that said it drains: on a 200 (a new process at the
+/// address, or a drain called off) it takes calls again; else it is asked again later.
+fn check_drain(replicas: &Replicas, replica: &Replica) {
+    let ready = echo_core::cli::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT)
+        .is_ok_and(|status| status == 200);
+    replicas.metrics.probed(replica.addr, "drain", ready);
+    if ready {
+        replica.stop_draining();
+        log::info!(target: "service_b", "replica {} is ready again after its drain", replica.addr);
+    } else {
+        replica.start_draining(DRAIN_CHECK_EVERY);
     }
 }

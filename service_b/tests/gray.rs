@@ -49,6 +49,15 @@ fn echoes(a: SocketAddr, status: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// The value of the sample `name` (with its labels, if any) in B's `/metrics`.
+fn metric(b: SocketAddr, name: &str) -> u64 {
+    let text = String::from_utf8_lossy(&get(b, "/metrics").body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// What the clients saw: each call's duration, and the calls that broke that rule.
 #[derive(Debug, Default)]
 struct Seen {
@@ -294,6 +303,54 @@ fn replicas_that_stop_drain_or_leave_cost_no_call() {
 }
 
 #[test]
+fn a_draining_replica_gets_no_new_calls_and_its_stop_costs_no_retry() {
+    let _alone = alone();
+    let stays = a_on("127.0.0.2", |_| {});
+    let leaves = a_on("127.0.0.3", |_| {});
+    let leaves_addr = leaves.addr();
+    let b = b_over(&[stays.url(), leaves.url()], |_| {});
+    assert!(load(b.addr(), 4, Duration::from_millis(500))
+        .wrong
+        .is_empty());
+    assert!(echoes(leaves_addr, 200) > 0, "both replicas serve at first");
+
+    // It drains (SIGTERM): its answers close their connections, and B stops sending to it.
+    leaves.drain();
+    let before = echoes(leaves_addr, 200);
+    assert!(load(b.addr(), 4, Duration::from_secs(1)).wrong.is_empty());
+    let during = echoes(leaves_addr, 200) - before;
+    println!("calls to the draining replica after its drain began: {during}");
+    assert!(during <= 8, "{during} calls went to a draining replica");
+
+    // Its drain ends: it refuses new connections while still in B's view. No call needs a
+    // retry, because none goes there.
+    leaves.stop_accepting();
+    let retries = metric(b.addr(), "upstream_retries_total");
+    let seen = load(b.addr(), 4, Duration::from_secs(1));
+    assert!(seen.wrong.is_empty(), "{:?}", seen.wrong);
+    assert_eq!(
+        metric(b.addr(), "upstream_retries_total"),
+        retries,
+        "retries"
+    );
+
+    // A new process at its address is ready: B asks its /ready and sends to it again.
+    let _ = leaves.shutdown(Duration::from_millis(100));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let back = loop {
+        match service_a::spawn(service_a::Config::on(&leaves_addr.to_string())) {
+            Ok(a) => break a,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("cannot listen on {leaves_addr} again: {e}"),
+        }
+    };
+    assert!(load(b.addr(), 4, Duration::from_secs(2)).wrong.is_empty());
+    assert!(echoes(back.addr(), 200) > 0, "never sent to again");
+    let drains = format!(r#"upstream_drains_total{{replica="{leaves_addr}"}}"#);
+    assert_eq!(metric(b.addr(), &drains), 1, "one drain seen");
+}
+
+#[test]
 fn a_that_cannot_finish_within_the_deadline_says_so_at_once() {
     let _alone = alone();
     let slow = a_on("127.0.0.2", |c| c.delay_ms = 3000);
@@ -324,16 +381,9 @@ fn the_retry_budget_bounds_the_retries() {
     for _ in 0..200 {
         assert_eq!(get(b.addr(), "/call-echo?msg=x").json()["kind"], "connect");
     }
-    let text = String::from_utf8_lossy(&get(b.addr(), "/metrics").body).into_owned();
-    let count = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
     let (retries, denied) = (
-        count("upstream_retries_total "),
-        count("upstream_retries_denied_total "),
+        metric(b.addr(), "upstream_retries_total"),
+        metric(b.addr(), "upstream_retries_denied_total"),
     );
     println!("200 calls: {retries} retries, {denied} denied");
     assert!(retries <= 200 / 5 + 10, "{retries} retries for 200 calls");

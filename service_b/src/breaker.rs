@@ -214,6 +214,18 @@ impl Breaker {
         }
     }
 
+    /// Its name resolves to it again after it left: most likely a new process at the same
+    /// address, which owes nothing to the old one's failures. An ejection series starts
+    /// again, and an ejected replica is probed at once rather than at the end of a cooldown
+    /// that may have grown to the longest.
+    pub(crate) fn returned(&self) {
+        let mut inner = self.lock();
+        inner.ejections = 0;
+        if self.state.load(Ordering::SeqCst) == OPEN {
+            inner.until = Instant::now();
+        }
+    }
+
     /// `None` while calls may go through; else why not and until when (a replica being
     /// probed counts as out for at most 1 s more).
     pub(crate) fn ejected(&self) -> Option<Open> {
@@ -300,6 +312,23 @@ mod tests {
         assert!(b
             .ejected()
             .is_some_and(|o| o.last == "Connection error: refused"));
+    }
+
+    #[test]
+    fn a_returning_replica_is_probed_at_once_and_its_series_starts_again() {
+        let b = breaker(1, 100, 10_000);
+        fail(&b);
+        for _ in 0..4 {
+            b.lock().until = Instant::now();
+            assert!(b.probe_due());
+            assert!(!b.probed(Some("refused".to_string())));
+        }
+        assert_eq!(b.cooldown(), Duration::from_millis(1600));
+        assert!(!b.probe_due(), "not before its cooldown");
+        b.returned();
+        assert!(b.probe_due(), "at once once it returns");
+        assert!(!b.probed(Some("refused".to_string())));
+        assert_eq!(b.cooldown(), Duration::from_millis(100), "a new series");
     }
 
     #[test]

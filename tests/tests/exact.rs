@@ -314,3 +314,70 @@ fn the_exit_code_says_requests_were_dropped() {
     assert!(last.contains("stopped with 1 request(s) dropped"), "{last}");
     let _ = client.join();
 }
+
+#[test]
+fn a_log_reader_that_falls_behind_holds_up_no_request() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = service_command("service_a")
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn A");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("listening on http://") {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("read") > 0, "A exited");
+    }
+    let addr: SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("address");
+    // Nobody reads A's stdout now: 12,000 access lines of ~130 bytes overfill the pipe (A
+    // asks for 1 MiB). Every request is still answered at once (a blocking write held the
+    // ~500th forever on a 64 KiB pipe).
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    for i in 0..12_000 {
+        conn.write_all(format!("GET /echo?msg=m{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .expect("send");
+        let reply = echo_tests::read_reply(&mut reader)
+            .unwrap_or_else(|e| panic!("request {i} was held up: {e}"));
+        assert_eq!(reply.status, 200, "request {i}");
+    }
+    // Read again: the next line written says how many were dropped, in the log's format.
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let format =
+        Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARN service_a (\d+) log lines dropped: ")
+            .expect("regex");
+    let deadline = Instant::now() + WAIT;
+    let mut dropped = None;
+    while dropped.is_none() && Instant::now() < deadline {
+        assert_eq!(get(addr, "/health").status, 200);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+            if let Some(n) = format
+                .captures(&line)
+                .and_then(|c| c[1].parse::<u64>().ok())
+            {
+                dropped = Some(n);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let dropped = dropped.expect("no line said how many were dropped");
+    println!("{dropped} of 12,000 access lines dropped while nobody read");
+    assert!(dropped > 1000, "{dropped}");
+}

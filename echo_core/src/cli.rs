@@ -110,6 +110,17 @@ pub fn run(
     start: impl FnOnce() -> io::Result<ServerHandle>,
 ) -> ExitCode {
     crate::logging::init(level, format);
+    let code = serve_until_stopped(name, drain, start);
+    crate::logging::flush(); // the last lines say how it stopped
+    code
+}
+
+/// [`run`] once the logger is installed.
+fn serve_until_stopped(
+    name: &'static str,
+    drain: Duration,
+    start: impl FnOnce() -> io::Result<ServerHandle>,
+) -> ExitCode {
     log_panics(name);
     raise_open_file_limit(name);
     // Registered before starting, so a signal that arrives during start-up is not lost.

@@ -9,6 +9,7 @@
 pub mod cli;
 mod histogram;
 pub mod http;
+mod log_queue;
 mod logging;
 pub mod metrics;
 pub mod server;

@@ -8,7 +8,7 @@
 //! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`,
 //!   escaped by serde_json.
 //!
-//! No line is ever torn or interleaved: each goes out in one `write` of at most
+//! No line is ever torn or interleaved: each goes out whole in one `write` of at most
 //! [`MAX_LINE`] bytes, which a pipe (every container's stdout) keeps whole among any number
 //! of writers; a longer line has its longest part cut in the middle, the cut's length noted.
 //! Nothing a client sends can start a new line: text lines escape control characters, JSON
@@ -16,25 +16,34 @@
 //! outside any lock: holding a lock across that system call made every connection thread
 //! queue behind it. The service name is the first segment of the record's target.
 //!
-//! A reader that falls behind never stalls a request: when stdout is a pipe (a container's,
-//! `| cat`) it is non-blocking, a line that does not fit is dropped and counted, and the
-//! next line that fits is preceded by a WARN line with the count (Docker's non-blocking log
-//! mode, in the process). A terminal or a file is left as it is.
+//! A line goes to stdout through one writer thread (`log_queue`): no connection thread ever
+//! waits for stdout, a file's lock or a pipe's reader.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileTypeExt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
 use serde_json::{Map, Value as Json};
 use simplelog::{format_description, ConfigBuilder, WriteLogger};
+
+use crate::log_queue::Queue;
+
+/// The lines waiting for stdout, and the thread that writes them (one per process).
+static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
+
+/// Waits until every line logged so far is written (at most 2 s): before the process exits.
+pub(crate) fn flush() {
+    if let Some(queue) = QUEUE.get() {
+        queue.flush();
+    }
+}
 
 /// The longest line written, its newline included: `PIPE_BUF` on Linux, the most one `write`
 /// to a pipe delivers without interleaving it with another writer's.
@@ -103,41 +112,17 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .try_clone_to_owned()
         .ok()
         .map(File::from);
-    if let Some(out) = &out {
-        never_block_on_a_pipe(out);
-    }
+    let queue = QUEUE.get_or_init(|| Queue::start(out));
     let logger = LineLogger {
         config,
         format,
         level,
-        out,
-        dropped: AtomicU64::new(0),
+        queue: Arc::clone(queue),
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
 }
-
-/// Sets `out` non-blocking if it is a pipe, and the pipe's buffer to [`PIPE_BYTES`] where the
-/// system allows, so that a reader's short pauses drop nothing. Only a pipe: a write of at
-/// most `PIPE_BUF` bytes to one is whole or refused, never partial, so a line is kept or
-/// dropped, never torn; a terminal's descriptor is shared with the shell, and a file never
-/// blocks for long.
-fn never_block_on_a_pipe(out: &File) {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    if !out.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
-        return;
-    }
-    let _ = fcntl(out, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
-    if let Ok(bits) = fcntl(out, FcntlArg::F_GETFL) {
-        let flags = OFlag::from_bits_truncate(bits) | OFlag::O_NONBLOCK;
-        let _ = fcntl(out, FcntlArg::F_SETFL(flags));
-    }
-}
-
-/// The buffer asked for a stdout pipe: 1 MiB, Linux's default ceiling for unprivileged
-/// processes and the size of Docker's own non-blocking log buffer.
-const PIPE_BYTES: i32 = 1 << 20;
 
 /// Everything after the time of a text line: `LEVEL name message`, with control characters
 /// escaped so that nothing a client sends can end the line early or forge another one.
@@ -223,9 +208,7 @@ struct LineLogger {
     config: simplelog::Config,
     format: LogFormat,
     level: LevelFilter,
-    out: Option<File>,
-    /// Lines dropped since the last one written: the pipe was full.
-    dropped: AtomicU64,
+    queue: Arc<Queue>,
 }
 
 /// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
@@ -340,21 +323,9 @@ impl Log for LineLogger {
             LogFormat::Text => self.text_line(record),
             LogFormat::Json => self.json_line(record),
         };
-        // One write of a whole line of at most MAX_LINE bytes: never torn on a pipe.
-        let written = match &self.out {
-            Some(out) => (&*out).write_all(&bytes),
-            None => std::io::stdout().write_all(&bytes),
-        };
-        match written {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                let dropped = self.dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    log::warn!(target: record.target(), "{dropped} log lines dropped: stdout is a pipe its reader did not empty in time (requests are never held for it)");
-                }
-            }
+        // A whole line of at most MAX_LINE bytes, written by the writer thread.
+        if let Ok(dropped @ 1..) = self.queue.push(&bytes) {
+            log::warn!(target: record.target(), "{dropped} log lines dropped: more than 1 MiB of lines waited for stdout (its reader is behind; requests are never held for it)");
         }
     }
 

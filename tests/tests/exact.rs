@@ -337,9 +337,9 @@ fn a_log_reader_that_falls_behind_holds_up_no_request() {
         .next()
         .and_then(|a| a.trim().parse().ok())
         .expect("address");
-    // Nobody reads A's stdout now: 12,000 access lines of ~130 bytes overfill the pipe (A
-    // asks for 1 MiB). Every request is still answered at once (a blocking write held the
-    // ~500th forever on a 64 KiB pipe).
+    // Nobody reads A's stdout now: 12,000 access lines of ~130 bytes overfill the 64 KiB
+    // pipe and the 1 MiB A keeps waiting for it. Every request is still answered at once (a
+    // connection thread that wrote its own line was held forever at about the 430th).
     let mut conn = TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));

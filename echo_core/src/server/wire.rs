@@ -33,26 +33,24 @@ pub(super) struct Head {
     pub(super) tracestate: Option<String>,
     /// The caller's [`crate::http::TIMEOUT_HEADER`].
     pub(super) timeout_ms: Option<String>,
+    /// The body's `Content-Type`, as sent.
+    pub(super) content_type: Option<String>,
 }
 
-/// A request that cannot be served.
+/// A request that cannot be served: answered with `status` and `{"error": message}`, then
+/// the connection closes; the access line names the request by `method` and `path` as far
+/// as they were read.
 #[derive(Debug)]
-pub(super) enum Rejection {
-    /// Answered with `status` and `{"error": message}`, then the connection closes; the
-    /// access line names the request by `method` and `path` as far as they were read.
-    Answer {
-        status: u16,
-        message: &'static str,
-        method: String,
-        path: String,
-    },
-    /// The client closed or timed out mid-request: nothing to answer, the connection ends.
-    Close,
+pub(super) struct Rejection {
+    pub(super) status: u16,
+    pub(super) message: &'static str,
+    pub(super) method: String,
+    pub(super) path: String,
 }
 
 impl Rejection {
     fn new(status: u16, message: &'static str) -> Rejection {
-        Rejection::Answer {
+        Rejection {
             status,
             message,
             method: "-".to_string(),
@@ -62,16 +60,10 @@ impl Rejection {
 
     /// Names the request in the access line by its method and target.
     fn of(self, method: &str, target: &str) -> Rejection {
-        match self {
-            Rejection::Answer {
-                status, message, ..
-            } => Rejection::Answer {
-                status,
-                message,
-                method: method.to_string(),
-                path: target.split('?').next().unwrap_or("").to_string(),
-            },
-            Rejection::Close => Rejection::Close,
+        Rejection {
+            method: method.to_string(),
+            path: target.split('?').next().unwrap_or("").to_string(),
+            ..self
         }
     }
 
@@ -203,6 +195,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
         traceparent: optional("traceparent"),
         tracestate,
         timeout_ms: optional(crate::http::TIMEOUT_HEADER),
+        content_type: optional("Content-Type"),
     };
     Ok(Some((head, len)))
 }
@@ -270,10 +263,7 @@ mod tests {
     }
 
     fn status(raw: &str) -> Option<u16> {
-        match parse(raw) {
-            Err(Rejection::Answer { status, .. }) => Some(status),
-            _ => None,
-        }
+        parse(raw).err().map(|rejection| rejection.status)
     }
 
     #[test]

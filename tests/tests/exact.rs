@@ -381,3 +381,26 @@ fn a_log_reader_that_falls_behind_holds_up_no_request() {
     println!("{dropped} of 12,000 access lines dropped while nobody read");
     assert!(dropped > 1000, "{dropped}");
 }
+
+/// A field the handler is given, sent twice, is not believed (which one the sender meant is
+/// unknown): `X-Request-Timeout-Ms` is then absent (A, delaying 300 ms, refused at once with
+/// 504 when the first said 10 ms, whatever the second said), `X-Request-Id` is replaced.
+#[test]
+fn a_deadline_or_an_id_sent_twice_is_not_believed() {
+    let a = start_a(&["--delay-ms", "300"]);
+    let once = get_with(a.addr, "/echo?msg=x", "X-Request-Timeout-Ms: 10\r\n");
+    assert_eq!(once.status, 504, "the header is read when sent once");
+    let twice = "X-Request-Timeout-Ms: 10\r\nX-Request-Timeout-Ms: 5000\r\n";
+    assert_eq!(get_with(a.addr, "/echo?msg=x", twice).status, 200);
+    let twice = "X-Request-Timeout-Ms: 5000\r\nx-request-timeout-ms: 10\r\n";
+    assert_eq!(get_with(a.addr, "/echo?msg=x", twice).status, 200);
+    let once = get_with(a.addr, "/health", "X-Request-Id: one\r\n");
+    assert_eq!(once.header("X-Request-Id"), Some("one"));
+    let twice = get_with(
+        a.addr,
+        "/health",
+        "X-Request-Id: one\r\nX-Request-Id: two\r\n",
+    );
+    let id = twice.header("X-Request-Id").unwrap_or("");
+    assert!(id.len() == 16 && id != "one" && id != "two", "{id}");
+}

@@ -111,7 +111,11 @@ pub fn run(
 ) -> ExitCode {
     crate::logging::init(level, format);
     let code = serve_until_stopped(name, drain, start);
-    crate::logging::flush(); // the last lines say how it stopped
+    // The last lines say how it stopped; any stdout did not take is counted where it can be.
+    let unwritten = crate::logging::flush(name);
+    if unwritten > 0 {
+        eprintln!("{name}: {unwritten} log lines never written: stdout was not read");
+    }
     code
 }
 
@@ -143,13 +147,18 @@ fn serve_until_stopped(
     }
     handle.stop_accepting();
     log::info!(target: name, "{} received: no longer accepting, finishing in-flight requests (at most {}s)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
-    match handle.shutdown(SHUTDOWN_GRACE) {
+    let dropped = handle.shutdown(SHUTDOWN_GRACE);
+    // The last line also says how many log lines the queue for stdout had to drop: once the
+    // lines before it are out (at most 2 s), so that it has room.
+    crate::logging::flush(name);
+    let log_lines_dropped = crate::logging::dropped_total();
+    match dropped {
         0 => {
-            log::info!(target: name, "stopped: every accepted request was answered");
+            log::info!(target: name, log_lines_dropped; "stopped: every accepted request was answered");
             ExitCode::SUCCESS
         }
         n => {
-            log::warn!(target: name, "stopped with {n} request(s) dropped: still in flight after {}s", SHUTDOWN_GRACE.as_secs());
+            log::warn!(target: name, log_lines_dropped; "stopped with {n} request(s) dropped: still in flight after {}s", SHUTDOWN_GRACE.as_secs());
             ExitCode::from(EXIT_DROPPED)
         }
     }

@@ -112,7 +112,7 @@ pub fn run(
     crate::logging::init(level, format);
     let code = serve_until_stopped(name, drain, start);
     // The last lines say how it stopped; any stdout did not take is counted where it can be.
-    let unwritten = crate::logging::flush(name);
+    let unwritten = crate::logging::flush(name, Duration::from_secs(2));
     if unwritten > 0 {
         eprintln!("{name}: {unwritten} log lines never written: stdout was not read");
     }
@@ -149,8 +149,8 @@ fn serve_until_stopped(
     log::info!(target: name, "{} received: no longer accepting, finishing in-flight requests (at most {}s)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
     let dropped = handle.shutdown(SHUTDOWN_GRACE);
     // The last line also says how many log lines the queue for stdout had to drop: once the
-    // lines before it are out (at most 2 s), so that it has room.
-    crate::logging::flush(name);
+    // lines before it are out (at most 1 s), so that it has room.
+    crate::logging::flush(name, Duration::from_secs(1));
     let log_lines_dropped = crate::logging::dropped_total();
     match dropped {
         0 => {

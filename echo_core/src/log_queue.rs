@@ -28,8 +28,6 @@ const RESERVE: usize = 2 * crate::log_text::MAX_LINE;
 const BUSY_POLL: Duration = Duration::from_millis(1);
 /// How long it sleeps at most while no line comes (doubling from [`BUSY_POLL`]).
 const IDLE_POLL: Duration = Duration::from_millis(50);
-/// The longest [`Queue::flush`] waits.
-const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// The lines waiting for the writer thread.
 #[derive(Debug, Default)]
@@ -88,15 +86,15 @@ impl Queue {
     }
 
     /// Queues the report of a count not reported yet (`report` as for [`Queue::push`]), then
-    /// waits (at most [`FLUSH_LIMIT`]) until every line queued is written: before the
-    /// process exits, so that its last lines are not lost. Returns how many lines were still
+    /// waits (at most `limit`) until every line queued is written: before the stop's last
+    /// line and the exit, so that they are not lost. Returns how many lines were still
     /// waiting when it gave up (a reader of stdout that does not read).
-    pub(crate) fn flush(&self, report: impl FnOnce(u64, u64) -> Vec<u8>) -> usize {
+    pub(crate) fn flush(&self, limit: Duration, report: impl FnOnce(u64, u64) -> Vec<u8>) -> usize {
         let mut waiting = self.lock();
         waiting.report(report);
         let waited = self
             .written
-            .wait_timeout_while(waiting, FLUSH_LIMIT, |w| !w.bytes.is_empty() || w.writing);
+            .wait_timeout_while(waiting, limit, |w| !w.bytes.is_empty() || w.writing);
         let (waiting, _) = waited.unwrap_or_else(|p| p.into_inner());
         waiting.bytes.iter().filter(|&&b| b == b'\n').count()
     }

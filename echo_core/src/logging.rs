@@ -31,6 +31,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
@@ -43,12 +44,14 @@ use crate::log_text::{cut_middle, escape, MAX_LINE};
 /// The process's logger, with the lines waiting for stdout and the thread that writes them.
 static LOGGER: OnceLock<LineLogger> = OnceLock::new();
 
-/// Reports any count of dropped lines not written yet, then waits until every line logged so
-/// far is written (at most 2 s): before the stop's last line, and before the process exits.
-/// Returns how many lines stdout had not taken by then.
-pub(crate) fn flush(name: &str) -> usize {
+/// Reports any count of dropped lines not written yet, then waits (at most `limit`) until
+/// every line logged so far is written: before the stop's last line, and before the process
+/// exits. Returns how many lines stdout had not taken by then.
+pub(crate) fn flush(name: &str, limit: Duration) -> usize {
     LOGGER.get().map_or(0, |logger| {
-        logger.queue.flush(|n, total| logger.report(name, n, total))
+        logger
+            .queue
+            .flush(limit, |n, total| logger.report(name, n, total))
     })
 }
 

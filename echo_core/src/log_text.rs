@@ -15,7 +15,7 @@ pub(crate) const MAX_LINE: usize = 4096;
 /// nothing to escape, which is the common case.
 pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     let plain = |c: char| (' '..='~').contains(&c) && c != '\\';
-    if s.chars().all(plain) {
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'\\') {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);

@@ -114,7 +114,8 @@ pub fn run(
     // The last lines say how it stopped; any stdout did not take is counted where it can be.
     let unwritten = crate::logging::flush(name, Duration::from_secs(2));
     if unwritten > 0 {
-        eprintln!("{name}: {unwritten} log lines never written: stdout was not read");
+        let dropped = crate::logging::dropped_total();
+        eprintln!("{name}: {unwritten} log lines never written (stdout was not read); {dropped} dropped before them");
     }
     code
 }

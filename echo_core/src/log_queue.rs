@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 pub(crate) struct Queue {
     waiting: Mutex<Waiting>,
     written: Condvar,
+    /// Lines the writer took and has not written yet, reports of drops not counted (it
+    /// updates this without the lock).
+    in_hand: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +47,9 @@ struct Waiting {
     dropped: u64,
     /// Lines dropped since the start.
     total: u64,
+    /// Where each report of drops in `bytes` starts: reports are not counted as lines that
+    /// were never written.
+    reports: Vec<usize>,
     /// The writer holds lines it took and has not written yet.
     writing: bool,
 }
@@ -96,28 +103,38 @@ impl Queue {
             .written
             .wait_timeout_while(waiting, limit, |w| !w.bytes.is_empty() || w.writing);
         let (waiting, _) = waited.unwrap_or_else(|p| p.into_inner());
-        waiting.bytes.iter().filter(|&&b| b == b'\n').count()
+        lines(&waiting.bytes) - waiting.reports.len() + self.in_hand.load(Ordering::Relaxed)
     }
 
     fn write_forever(&self, out: Option<File>) {
-        let mut taken = Vec::new();
+        let (mut taken, mut reports) = (Vec::new(), Vec::new());
         let mut poll = BUSY_POLL;
         loop {
             {
                 let mut waiting = self.lock();
                 std::mem::swap(&mut waiting.bytes, &mut taken);
+                std::mem::swap(&mut waiting.reports, &mut reports);
                 waiting.writing = !taken.is_empty();
+                let in_hand = lines(&taken) - reports.len();
+                self.in_hand.store(in_hand, Ordering::Relaxed);
             }
             if taken.is_empty() {
                 poll = (poll * 2).min(IDLE_POLL);
             } else {
+                let mut at = 0;
                 for chunk in whole_lines(&taken, crate::log_text::MAX_LINE) {
                     let _ = match &out {
                         Some(out) => (&*out).write_all(chunk),
                         None => std::io::stdout().write_all(chunk),
                     };
+                    let end = at + chunk.len();
+                    let in_chunk = reports.iter().filter(|r| (at..end).contains(*r)).count();
+                    self.in_hand
+                        .fetch_sub(lines(chunk) - in_chunk, Ordering::Relaxed);
+                    at = end;
                 }
                 taken.clear();
+                reports.clear();
                 self.lock().writing = false;
                 self.written.notify_all();
                 poll = BUSY_POLL;
@@ -135,11 +152,17 @@ impl Waiting {
         if self.dropped > 0 {
             let line = report(self.dropped, self.total);
             if self.bytes.len() + line.len() <= QUEUE_BYTES {
+                self.reports.push(self.bytes.len());
                 self.bytes.extend_from_slice(&line);
                 self.dropped = 0;
             }
         }
     }
+}
+
+/// The number of lines in `bytes` (whole lines).
+fn lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// `bytes` (whole lines, each at most `max`) cut into runs of whole lines of at most `max`.

@@ -111,7 +111,12 @@ pub fn run(
 ) -> ExitCode {
     crate::logging::init(level, format);
     let code = serve_until_stopped(name, drain, start);
-    crate::logging::flush(); // the last lines say how it stopped
+    // The last lines say how it stopped; any stdout did not take is counted where it can be.
+    let unwritten = crate::logging::flush(name, Duration::from_secs(2));
+    if unwritten > 0 {
+        let dropped = crate::logging::dropped_total();
+        eprintln!("{name}: {unwritten} log lines never written (stdout was not read); {dropped} dropped before them");
+    }
     code
 }
 
@@ -153,11 +158,15 @@ fn serve_until_stopped(
             }
         });
     let stopped = handle.shutdown(SHUTDOWN_GRACE);
+    // The last line also says how many log lines the queue for stdout had to drop: once the
+    // lines before it are out (at most 1 s), so that it has room.
+    crate::logging::flush(name, Duration::from_secs(1));
+    let log_lines_dropped = crate::logging::dropped_total();
     if stopped.lost() == 0 {
-        log::info!(target: name, "stopped: every accepted request was answered");
+        log::info!(target: name, log_lines_dropped; "stopped: every accepted request was answered");
         return ExitCode::SUCCESS;
     }
-    log::warn!(target: name, "stopped with {} request(s) dropped: {} read and not answered, {} cut off mid-request", stopped.lost(), stopped.unanswered, stopped.cut_off);
+    log::warn!(target: name, log_lines_dropped; "stopped with {} request(s) dropped: {} read and not answered, {} cut off mid-request", stopped.lost(), stopped.unanswered, stopped.cut_off);
     ExitCode::from(EXIT_DROPPED)
 }
 

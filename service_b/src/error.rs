@@ -1,10 +1,16 @@
-//! Every way a call from B to A can fail, as one error enum: each variant is exactly one
-//! 503 `kind`, and its `Display` is the `details` (a fixed prefix, then the cause).
+//! The 503 contract, in one place: every way a call from B to A can fail ([`CallError`],
+//! one variant per way, each exactly one `kind`), how a failure of the client is classified
+//! ([`classify`], [`classify_status`]), its `details` (`Display`: a fixed prefix, then the
+//! cause), its `Retry-After`, and the body B answers ([`CallError::response`]). The
+//! payloads of the refusals made without calling A ([`Ejected`], [`NoReplica`]) live here
+//! too, so that every layer can name them without depending on the one above.
 
 use std::fmt;
+use std::io;
 use std::time::Duration;
 
-use crate::replicas::NoReplica;
+use echo_core::Response;
+use serde_json::json;
 
 /// Why a call to A failed. `kind` is the machine-readable 503 `kind`, `Display` the
 /// `details` (its prefix is fixed, the rest is the cause).
@@ -12,16 +18,195 @@ use crate::replicas::NoReplica;
 pub(crate) enum CallError {
     /// Refused, reset, unreachable: no answer could be had from A.
     Connect(String),
-    /// The deadline passed before A's whole answer arrived.
+    /// The deadline (the duration given) passed before A's whole answer arrived.
     Timeout(Duration),
+    /// A refused at once: it could not answer within the time it was told was left
+    /// (its 504 with the deadline-exceeded header). Kind `timeout`, said truthfully.
+    RefusedForTime {
+        /// The time B told A it had.
+        told: Duration,
+        /// The call's deadline.
+        deadline: Duration,
+    },
     /// A answered with a non-2xx status.
     Status(u16),
     /// A answered 2xx, but not with the expected JSON object.
     BadResponse(String),
     /// B already has as many calls to A in flight as it allows (the bulkhead); A not called.
     Overloaded(usize),
-    /// The circuit breaker is open; A not called. Says how it opened and when it may close.
-    CircuitOpen(crate::breaker::Open),
+    /// Every replica is ejected; A not called. Says how the soonest back was ejected.
+    AllEjected(Ejected),
+}
+
+/// Why a replica takes no call: its breaker ejected it. Shown as the 503 `details` when
+/// every replica is out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ejected {
+    /// Until the replica's next probe.
+    pub(crate) left: Duration,
+    /// Failed calls in a row that ejected it.
+    pub(crate) failures: u32,
+    /// The last failure, as its 503 `details` said.
+    pub(crate) last: String,
+}
+
+/// Why no replica could take a call.
+#[derive(Debug)]
+pub(crate) enum NoReplica {
+    /// No address is known: every name failed to resolve so far.
+    Unresolved(String),
+    /// Every replica is ejected; the one whose probe comes first.
+    AllEjected(Ejected),
+}
+
+/// What a failed attempt says about the replica it went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It is failing: counts for its breaker, and its estimate takes a penalty.
+    Failing,
+    /// It answered at once that it could not finish within the time it was given, so it is
+    /// at least this slow: its estimate learns that, its breaker does not count it.
+    Slower(Duration),
+    /// B asked wrongly (a 4xx): nothing is learnt about the replica's speed, and its count
+    /// of failures in a row starts again (it answered).
+    NotItsFault,
+    /// B itself failed (no descriptor left for a socket): nothing is learnt or counted.
+    BsOwn,
+}
+
+/// A failed attempt, classified.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: CallError,
+    /// Nothing of the answer had arrived, or A refused at once for lack of time: another
+    /// attempt may still succeed.
+    pub(crate) retryable: bool,
+    /// What it says about the replica.
+    pub(crate) verdict: Verdict,
+    /// The connect was refused or the address unreachable: the names may have moved.
+    pub(crate) refused: bool,
+}
+
+impl Failure {
+    /// A failure that counts against its replica.
+    pub(crate) fn failing(error: CallError, retryable: bool) -> Failure {
+        Failure {
+            error,
+            retryable,
+            verdict: Verdict::Failing,
+            refused: false,
+        }
+    }
+}
+
+/// What is known of an attempt when the client fails, for [`classify`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// Bytes of the answer received.
+    pub(crate) received: usize,
+    /// The attempt's own connect limit, when shorter than what was left of the deadline.
+    pub(crate) short_connect: Option<Duration>,
+    /// The attempt's limit for the answer's head was shorter than what was left.
+    pub(crate) short_head: bool,
+    /// The call's deadline.
+    pub(crate) deadline: Duration,
+}
+
+/// Sorts a failure of the client before a complete answer head into retryable or final, by
+/// what had arrived: once any byte of the answer is in, it is final (and `bad_response`
+/// unless the deadline passed). A timeout is retryable only when it is one of the attempt's
+/// own shorter limits (connect, the answer's head); else it is the deadline. B's own lack
+/// of descriptors is B's failure, never its replica's.
+pub(crate) fn classify(e: ureq::Error, seen: Seen) -> Failure {
+    use io::ErrorKind::*;
+    let received = seen.received;
+    let timeout = || CallError::Timeout(seen.deadline);
+    match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect) if seen.short_connect.is_some() => {
+            let ms = seen.short_connect.map_or(0, |c| c.as_millis());
+            let error = CallError::Connect(format!("connect took longer than {ms}ms"));
+            Failure::failing(error, true)
+        }
+        ureq::Error::Timeout(ureq::Timeout::RecvResponse) if received == 0 && seen.short_head => {
+            Failure::failing(timeout(), true)
+        }
+        ureq::Error::Timeout(_) => Failure::failing(timeout(), false),
+        ureq::Error::Protocol(p) => {
+            Failure::failing(CallError::BadResponse(format!("not HTTP: {p}")), false)
+        }
+        _ if received > 0 => Failure::failing(
+            CallError::BadResponse(format!(
+                "the answer was cut short after {received} bytes: {e}"
+            )),
+            false,
+        ),
+        ureq::Error::Io(io) if out_of_descriptors(&io) => Failure {
+            verdict: Verdict::BsOwn,
+            ..Failure::failing(CallError::Connect(format!("B itself: {io}")), false)
+        },
+        ureq::Error::Io(io) => {
+            let refused = matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+            );
+            let retryable = refused
+                || matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+                );
+            Failure {
+                refused,
+                ..Failure::failing(CallError::Connect(io.to_string()), retryable)
+            }
+        }
+        ureq::Error::HostNotFound => {
+            Failure::failing(CallError::Connect("host not found".to_string()), true)
+        }
+        ureq::Error::ConnectionFailed => {
+            Failure::failing(CallError::Connect("connection failed".to_string()), true)
+        }
+        other => Failure::failing(CallError::BadResponse(other.to_string()), false),
+    }
+}
+
+/// EMFILE or ENFILE: B (or its host) has no descriptor left for a socket to A.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    // The raw values of Linux (EMFILE 24, ENFILE 23), as the standard library reports them.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// The failure a non-2xx answer head means, `None` for a 2xx. A's 504 with the
+/// deadline-exceeded header is its refusal for lack of `told` time: kind `timeout`, the
+/// replica at least that slow, and retryable when a longer time was left (`short_head`).
+/// A 4xx says B asked wrongly: nothing against the replica.
+pub(crate) fn classify_status(
+    status: u16,
+    refused_for_time: bool,
+    told: Duration,
+    seen: Seen,
+) -> Option<Failure> {
+    if status == 504 && refused_for_time {
+        return Some(Failure {
+            error: CallError::RefusedForTime {
+                told,
+                deadline: seen.deadline,
+            },
+            retryable: seen.short_head,
+            verdict: Verdict::Slower(told),
+            refused: false,
+        });
+    }
+    if (200..300).contains(&status) {
+        return None;
+    }
+    let verdict = match status < 500 {
+        true => Verdict::NotItsFault,
+        false => Verdict::Failing,
+    };
+    Some(Failure {
+        verdict,
+        ..Failure::failing(CallError::Status(status), false)
+    })
 }
 
 impl CallError {
@@ -29,22 +214,36 @@ impl CallError {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             CallError::Connect(_) => "connect",
-            CallError::Timeout(_) => "timeout",
+            CallError::Timeout(_) | CallError::RefusedForTime { .. } => "timeout",
             CallError::Status(_) => "status",
             CallError::BadResponse(_) => "bad_response",
             CallError::Overloaded(_) => "overloaded",
-            CallError::CircuitOpen(_) => "circuit_open",
+            CallError::AllEjected(_) => "circuit_open",
         }
+    }
+
+    /// Whether A was never called (the bulkhead or every breaker refused).
+    pub(crate) fn not_made(&self) -> bool {
+        matches!(self, CallError::Overloaded(_) | CallError::AllEjected(_))
     }
 
     /// The `Retry-After` (whole seconds, at least 1) for failures that say when to come back.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
             CallError::Overloaded(_) => Some(1),
-            CallError::CircuitOpen(open) => {
-                Some(open.left.as_millis().div_ceil(1000).max(1) as u64)
-            }
+            CallError::AllEjected(out) => Some(out.left.as_millis().div_ceil(1000).max(1) as u64),
             _ => None,
+        }
+    }
+
+    /// B's answer for this failure: 503 `{"error":"Service A unavailable","details","kind"}`,
+    /// with `Retry-After` when it says when to come back.
+    pub(crate) fn response(&self) -> Response {
+        let body = json!({ "error": "Service A unavailable", "details": self.to_string(), "kind": self.kind() });
+        let response = Response::json(503, &body);
+        match self.retry_after() {
+            Some(secs) => response.with_header("Retry-After", secs.to_string()),
+            None => response,
         }
     }
 }
@@ -56,15 +255,25 @@ impl fmt::Display for CallError {
             CallError::Timeout(after) => {
                 write!(f, "Timeout calling Service A after {}s", seconds(*after))
             }
+            CallError::RefusedForTime { told, deadline } => write!(
+                f,
+                "Timeout calling Service A: it refused at once, needing more than the {}ms left of {}s",
+                told.as_millis(),
+                seconds(*deadline)
+            ),
             CallError::Status(code) => write!(f, "Service A returned HTTP {code}"),
             CallError::BadResponse(cause) => write!(f, "Invalid response from Service A: {cause}"),
-            CallError::Overloaded(limit) => {
-                write!(
-                    f,
-                    "Too many calls to Service A in flight (limit {limit}); try again later"
-                )
-            }
-            CallError::CircuitOpen(open) => write!(f, "{open}"),
+            CallError::Overloaded(limit) => write!(
+                f,
+                "Too many calls to Service A in flight (limit {limit}); try again later"
+            ),
+            CallError::AllEjected(out) => write!(
+                f,
+                "Circuit open after {} failures; last: {}; next try in {}ms",
+                out.failures,
+                out.last,
+                out.left.as_millis()
+            ),
         }
     }
 }
@@ -74,7 +283,7 @@ impl std::error::Error for CallError {}
 impl From<NoReplica> for CallError {
     fn from(none: NoReplica) -> CallError {
         match none {
-            NoReplica::AllEjected(open) => CallError::CircuitOpen(open),
+            NoReplica::AllEjected(out) => CallError::AllEjected(out),
             NoReplica::Unresolved(cause) => {
                 CallError::Connect(format!("no address of Service A is known ({cause})"))
             }
@@ -100,6 +309,7 @@ mod tests {
 
     #[test]
     fn details_carry_the_contract_prefixes() {
+        let ms = Duration::from_millis;
         let cases = [
             (
                 CallError::Connect("refused".into()),
@@ -107,9 +317,17 @@ mod tests {
                 "Connection error: refused",
             ),
             (
-                CallError::Timeout(Duration::from_millis(2000)),
+                CallError::Timeout(ms(2000)),
                 "timeout",
                 "Timeout calling Service A after 2.0s",
+            ),
+            (
+                CallError::RefusedForTime {
+                    told: ms(1998),
+                    deadline: ms(2000),
+                },
+                "timeout",
+                "Timeout calling Service A: it refused at once, needing more than the 1998ms left of 2.0s",
             ),
             (
                 CallError::Status(500),
@@ -121,14 +339,19 @@ mod tests {
                 "bad_response",
                 "Invalid response from Service A: x",
             ),
+            (
+                CallError::AllEjected(ejected(1500)),
+                "circuit_open",
+                "Circuit open after 5 failures; last: Connection error: refused; next try in 1500ms",
+            ),
         ];
         for (e, kind, details) in cases {
             assert_eq!((e.kind(), e.to_string().as_str()), (kind, details));
         }
     }
 
-    fn open(ms: u64) -> crate::breaker::Open {
-        crate::breaker::Open {
+    fn ejected(ms: u64) -> Ejected {
+        Ejected {
             left: Duration::from_millis(ms),
             failures: 5,
             last: "Connection error: refused".to_string(),
@@ -138,9 +361,29 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds() {
         assert_eq!(CallError::Overloaded(1).retry_after(), Some(1));
-        assert_eq!(CallError::CircuitOpen(open(1500)).retry_after(), Some(2));
-        assert_eq!(CallError::CircuitOpen(open(10)).retry_after(), Some(1));
+        assert_eq!(CallError::AllEjected(ejected(1500)).retry_after(), Some(2));
+        assert_eq!(CallError::AllEjected(ejected(10)).retry_after(), Some(1));
         assert_eq!(CallError::Status(500).retry_after(), None);
+        let r = CallError::AllEjected(ejected(1500)).response();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json_body()["kind"], "circuit_open");
+    }
+
+    #[test]
+    fn b_s_own_lack_of_descriptors_is_not_the_replica_s_fault() {
+        let seen = Seen {
+            received: 0,
+            short_connect: None,
+            short_head: false,
+            deadline: Duration::from_secs(2),
+        };
+        let emfile = ureq::Error::Io(io::Error::from_raw_os_error(24));
+        let failure = classify(emfile, seen);
+        assert_eq!(failure.error.kind(), "connect");
+        assert_eq!(failure.verdict, Verdict::BsOwn);
+        assert!(!failure.refused);
+        let refused = ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify(refused, seen).verdict, Verdict::Failing);
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! B's idle connections to the replicas of A: one pool shared by every thread, sharded by
+//! replica address so that two calls rarely meet on a lock, and each lock is held only to
+//! push or pop one entry (the liveness check and every close happen outside it). An idle
+//! connection keeps its socket and its small buffers (6 KiB, see `transport`), so the next
+//! call on it allocates nothing.
+//! Bounded per replica; an idle connection older than the idle age is never used and is
+//! closed by [`Pool::prune`] (B's upkeep calls it on its timer) or on the next checkout.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use ureq::unversioned::transport::LazyBuffers;
+
+/// Shards of the pool: more than the threads that call at once on a small machine.
+const SHARDS: usize = 16;
+
+/// A TCP connection to a replica, the socket timeouts last set on it (`None`: never set)
+/// and its buffers of the usual sizes, once it has had them.
+pub(crate) struct Link {
+    pub(crate) stream: TcpStream,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) buffers: Option<LazyBuffers>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An idle link and since when.
+#[derive(Debug)]
+struct Idle {
+    addr: SocketAddr,
+    link: Link,
+    since: Instant,
+}
+
+/// The shared pool of idle connections.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    shards: Box<[Mutex<Vec<Idle>>]>,
+    per_replica: usize,
+    max_age: Duration,
+    idle: AtomicUsize,
+}
+
+impl Pool {
+    /// At most `per_replica` idle connections to each replica, none kept past `max_age`.
+    pub(crate) fn new(per_replica: usize, max_age: Duration) -> Pool {
+        Pool {
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            per_replica,
+            max_age,
+            idle: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, addr: SocketAddr) -> MutexGuard<'_, Vec<Idle>> {
+        let mut h = DefaultHasher::new();
+        addr.hash(&mut h);
+        let i = (h.finish() % self.shards.len() as u64) as usize;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection to `addr` that is still clean, if any; the
+    /// others found dead or too old on the way are closed.
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Link> {
+        loop {
+            let idle = {
+                let mut shard = self.shard(addr);
+                let i = shard.iter().rposition(|e| e.addr == addr)?;
+                shard.swap_remove(i)
+            };
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            if idle.since.elapsed() < self.max_age && clean(&idle.link.stream) {
+                return Some(idle.link);
+            }
+        }
+    }
+
+    /// Keeps `link` for the next call to `addr`, unless `addr` has as many idle as allowed
+    /// (then it is closed).
+    pub(crate) fn put(&self, addr: SocketAddr, link: Link) {
+        let mut shard = self.shard(addr);
+        if shard.iter().filter(|e| e.addr == addr).count() >= self.per_replica {
+            drop(shard);
+            return; // `link` closes here, outside the lock
+        }
+        shard.push(Idle {
+            addr,
+            link,
+            since: Instant::now(),
+        });
+        self.idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes every idle connection older than the idle age; returns how many.
+    pub(crate) fn prune(&self) -> usize {
+        let mut closed = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut i = 0;
+            while i < shard.len() {
+                if shard[i].since.elapsed() >= self.max_age {
+                    closed.push(shard.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.idle.fetch_sub(closed.len(), Ordering::Relaxed);
+        closed.len() // closed as `closed` drops, outside every lock
+    }
+
+    /// Idle connections now.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether an idle connection is still clean, with one non-blocking peek
+/// (`MSG_PEEK | MSG_DONTWAIT`): nothing waiting. A closed one reads 0; one with bytes nobody
+/// asked for must not be used either.
+pub(crate) fn clean(stream: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    match SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn link(to: SocketAddr) -> Link {
+        Link {
+            stream: TcpStream::connect(to).expect("connect"),
+            read_timeout: None,
+            write_timeout: None,
+            buffers: None,
+        }
+    }
+
+    #[test]
+    fn bounded_per_replica_and_pruned_by_age() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pool = Pool::new(2, Duration::from_secs(60));
+        for _ in 0..5 {
+            pool.put(addr, link(addr));
+        }
+        assert_eq!(pool.idle(), 2, "at most two per replica");
+        assert!(pool.take(addr).is_some());
+        assert_eq!(pool.idle(), 1);
+        let other: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert!(pool.take(other).is_none());
+        let old = Pool::new(2, Duration::ZERO);
+        old.put(addr, link(addr));
+        assert_eq!((old.prune(), old.idle()), (1, 0));
+    }
+}

@@ -21,7 +21,9 @@ pub struct Config {
     /// at once when a connect is refused or no replica is usable). Default 5000.
     pub resolve_every_ms: u64,
     /// Calls to A in flight at most; more get 503 `overloaded` at once (the bulkhead), so a
-    /// hanging A cannot take every thread and descriptor. Default 64.
+    /// hanging A cannot take every thread and descriptor. It also bounds B's idle
+    /// connections to A: as many at most, in all (and so per replica), none kept over
+    /// 15 s. Default 64.
     pub max_inflight: usize,
     /// Failed calls in a row that eject a replica (0 turns ejection off). Default 5.
     pub breaker_threshold: u32,
@@ -42,8 +44,9 @@ pub struct Config {
     /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
     pub drain_ms: u64,
     /// Open connections at most, beyond which a new one gets 503. Default: what the
-    /// open-file limit allows at two descriptors a connection (one to the client, one to A;
-    /// see [`echo_core::server::default_max_connections`]).
+    /// open-file limit allows at one descriptor a client connection, once B's own
+    /// connections to A are counted: `--max-inflight` in flight and as many idle (see
+    /// [`echo_core::server::default_max_connections`]).
     pub max_connections: Option<usize>,
     /// Log level. Default `info`.
     pub log_level: LevelFilter,

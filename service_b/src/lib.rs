@@ -32,7 +32,7 @@ use balance::{Replicas, Settings, Target};
 use call::{Call, Caller};
 pub use config::{parse_service_a_url, Config};
 use error::CallError;
-use upstream::{EchoClient, Forward, Pool};
+use upstream::{Bounds, EchoClient, Forward, Pool};
 
 /// How long an idle connection to A is kept: well under the services' idle timeout
 /// (`echo_core::server::IDLE_TIMEOUT`), so a pooled connection is never reused just as A
@@ -81,7 +81,7 @@ impl ServiceB {
         };
         let events: Arc<dyn balance::Events> = upstream.clone();
         let replicas = Arc::new(Replicas::new(targets, resolve, settings, events));
-        let pool = Arc::new(Pool::new(config.max_inflight.max(1), IDLE_AGE));
+        let pool = Arc::new(Pool::new(idle_bounds(config)));
         upstream.register(metrics.registry(), &replicas, &pool);
         let caller = Caller::new(
             EchoClient::new(ms(config.timeout_ms), Arc::clone(&pool)),
@@ -193,6 +193,26 @@ impl ServiceB {
     }
 }
 
+/// The bounds of B's idle connections to A: `--max-inflight` in all and so at most per
+/// replica (more are never busy at once), none older than [`IDLE_AGE`].
+fn idle_bounds(config: &Config) -> Bounds {
+    Bounds {
+        per_replica: config.max_inflight.max(1),
+        total: config.max_inflight.max(1),
+        max_age: IDLE_AGE,
+    }
+}
+
+/// The default `--max-connections`: one descriptor per client connection, out of what the
+/// open-file limit allows once B's connections to A are counted: up to `--max-inflight` in
+/// flight and as many idle (see [`idle_bounds`]).
+fn default_max_connections(max_inflight: usize) -> usize {
+    let to_a = 2 * max_inflight.max(1);
+    echo_core::server::default_max_connections(1)
+        .saturating_sub(to_a)
+        .max(1)
+}
+
 /// Starts Service B; the handle gives the bound address and stops it.
 pub fn spawn(config: Config) -> io::Result<ServerHandle> {
     spawn_with_resolver(config, system_resolver())
@@ -203,7 +223,7 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     let listener = echo_core::server::bind(&config.listen)?;
     let max_connections = *config
         .max_connections
-        .get_or_insert_with(|| echo_core::server::default_max_connections(2));
+        .get_or_insert_with(|| default_max_connections(config.max_inflight));
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
     let pool = Arc::clone(&service.pool);

@@ -8,4 +8,4 @@ mod pool;
 mod transport;
 
 pub(crate) use client::{Answer, EchoClient, Forward, Limits};
-pub(crate) use pool::Pool;
+pub(crate) use pool::{Bounds, Pool};

@@ -3,8 +3,9 @@
 //! push or pop one entry (the liveness check and every close happen outside it). An idle
 //! connection keeps its socket and its small buffers (6 KiB, see `transport`), so the next
 //! call on it allocates nothing.
-//! Bounded per replica; an idle connection older than the idle age is never used and is
-//! closed by [`Pool::prune`] (B's upkeep calls it on its timer) or on the next checkout.
+//! Bounded per replica and in all; an idle connection older than the idle age is never used
+//! and is closed by [`Pool::prune`] (B's upkeep calls it on its timer) or on the next
+//! checkout.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -51,17 +52,30 @@ struct Idle {
 pub(crate) struct Pool {
     shards: Box<[Mutex<Vec<Idle>>]>,
     per_replica: usize,
+    total: usize,
     max_age: Duration,
     idle: AtomicUsize,
 }
 
+/// The bounds of a [`Pool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// Idle connections kept to one replica at most.
+    pub(crate) per_replica: usize,
+    /// Idle connections kept at most, every replica together.
+    pub(crate) total: usize,
+    /// An idle connection older than this is closed, never used.
+    pub(crate) max_age: Duration,
+}
+
 impl Pool {
-    /// At most `per_replica` idle connections to each replica, none kept past `max_age`.
-    pub(crate) fn new(per_replica: usize, max_age: Duration) -> Pool {
+    /// A pool within `bounds`.
+    pub(crate) fn new(bounds: Bounds) -> Pool {
         Pool {
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-            per_replica,
-            max_age,
+            per_replica: bounds.per_replica,
+            total: bounds.total,
+            max_age: bounds.max_age,
             idle: AtomicUsize::new(0),
         }
     }
@@ -89,12 +103,17 @@ impl Pool {
         }
     }
 
-    /// Keeps `link` for the next call to `addr`, unless `addr` has as many idle as allowed
-    /// (then it is closed).
+    /// Keeps `link` for the next call to `addr`, unless the pool or `addr` has as many idle
+    /// as allowed (then it is closed).
     pub(crate) fn put(&self, addr: SocketAddr, link: Link) {
+        if self.idle.fetch_add(1, Ordering::Relaxed) >= self.total {
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            return; // `link` closes here
+        }
         let mut shard = self.shard(addr);
         if shard.iter().filter(|e| e.addr == addr).count() >= self.per_replica {
             drop(shard);
+            self.idle.fetch_sub(1, Ordering::Relaxed);
             return; // `link` closes here, outside the lock
         }
         shard.push(Idle {
@@ -102,7 +121,6 @@ impl Pool {
             link,
             since: Instant::now(),
         });
-        self.idle.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes every idle connection older than the idle age; returns how many.
@@ -154,20 +172,34 @@ mod tests {
         }
     }
 
+    fn bounds(per_replica: usize, total: usize, max_age: Duration) -> Bounds {
+        Bounds {
+            per_replica,
+            total,
+            max_age,
+        }
+    }
+
     #[test]
-    fn bounded_per_replica_and_pruned_by_age() {
+    fn bounded_per_replica_and_in_all_and_pruned_by_age() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let pool = Pool::new(2, Duration::from_secs(60));
+        let second = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr2 = second.local_addr().expect("addr");
+        let pool = Pool::new(bounds(2, 3, Duration::from_secs(60)));
         for _ in 0..5 {
             pool.put(addr, link(addr));
         }
         assert_eq!(pool.idle(), 2, "at most two per replica");
+        for _ in 0..5 {
+            pool.put(addr2, link(addr2));
+        }
+        assert_eq!(pool.idle(), 3, "at most three in all");
         assert!(pool.take(addr).is_some());
-        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.idle(), 2);
         let other: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert!(pool.take(other).is_none());
-        let old = Pool::new(2, Duration::ZERO);
+        let old = Pool::new(bounds(2, 2, Duration::ZERO));
         old.put(addr, link(addr));
         assert_eq!((old.prune(), old.idle()), (1, 0));
     }

@@ -1,11 +1,12 @@
 //! A replica's load, as the choice of replica sees it: a peak-EWMA of its answer times
 //! (Finagle's and tower's Peak-EWMA) that also counts how long it has kept its calls
-//! waiting without an answer, and its calls in flight. The estimate and the time of its
-//! last update change together under one small lock (held for a few arithmetic operations),
-//! so two answers at once never lose an update; the calls in flight are an atomic.
+//! waiting without an answer, and its calls in flight. Lock-free: each answer claims the
+//! time since the last update (`fetch_max`) and folds itself into the estimate with a
+//! compare-and-swap, retried on conflict, so two answers at once never lose an update (a
+//! load, compute and store could); the choice reads it with one load.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How fast the estimate forgets: the weight of an old estimate after `dt` without an
@@ -19,17 +20,13 @@ pub(crate) fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 3_600_000_000_000
 }
 
-/// The estimate (ns) and when it was last updated (ns, see [`now_ns`]).
-#[derive(Debug, Clone, Copy)]
-struct Estimate {
-    ns: f64,
-    at: u64,
-}
-
 /// Peak-EWMA latency and calls in flight of one replica.
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
-    estimate: Mutex<Estimate>,
+    /// The estimate in ns (an `f64`'s bits).
+    ewma: AtomicU64,
+    /// When it was last updated (ns, see [`now_ns`]).
+    at: AtomicU64,
     /// Calls in flight.
     pending: AtomicUsize,
     /// Since when it has given no answer while calls wait on it (ns, see [`now_ns`]).
@@ -39,10 +36,8 @@ pub(crate) struct PeakEwma {
 impl Default for PeakEwma {
     fn default() -> PeakEwma {
         PeakEwma {
-            estimate: Mutex::new(Estimate {
-                ns: 0.0,
-                at: now_ns(),
-            }),
+            ewma: AtomicU64::new(0f64.to_bits()),
+            at: AtomicU64::new(now_ns()),
             pending: AtomicUsize::new(0),
             busy_since: AtomicU64::new(0),
         }
@@ -50,10 +45,6 @@ impl Default for PeakEwma {
 }
 
 impl PeakEwma {
-    fn lock(&self) -> MutexGuard<'_, Estimate> {
-        self.estimate.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Counts a call in flight until the guard drops.
     pub(crate) fn enter(&self) -> InFlight<'_> {
         if self.pending.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -71,7 +62,7 @@ impl PeakEwma {
     /// flight have waited without an answer, whichever is longer (so a replica that stops
     /// answering looks slower at once, not only after its calls time out).
     pub(crate) fn estimate_ns(&self, now: u64) -> f64 {
-        let ewma = self.lock().ns;
+        let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         if self.pending() == 0 {
             return ewma;
         }
@@ -86,7 +77,8 @@ impl PeakEwma {
 
     /// Sets the estimate to `ns` (a joining or readmitted replica starts from its peers').
     pub(crate) fn reset(&self, ns: f64) {
-        *self.lock() = Estimate { ns, at: now_ns() };
+        self.ewma.store(ns.to_bits(), Ordering::Relaxed);
+        self.at.store(now_ns(), Ordering::Relaxed);
     }
 
     /// Feeds the estimate one answer time (or a failure's penalty): a longer one is taken
@@ -96,19 +88,25 @@ impl PeakEwma {
     pub(crate) fn observe(&self, took: Duration, revisit: bool) {
         let now = now_ns();
         let sample = took.as_nanos() as f64;
-        let mut estimate = self.lock();
-        let mut dt = now.saturating_sub(estimate.at) as f64;
+        let last = self.at.fetch_max(now, Ordering::Relaxed);
+        let mut dt = now.saturating_sub(last) as f64;
         if revisit {
             dt = dt.max(2.0 * TAU_NS);
         }
-        let next = if sample >= estimate.ns {
-            sample
-        } else {
-            let w = (-dt / TAU_NS).exp();
-            estimate.ns * w + sample * (1.0 - w)
+        let w = (-dt / TAU_NS).exp();
+        let fold = |bits: u64| {
+            let old = f64::from_bits(bits);
+            let next = if sample >= old {
+                sample
+            } else {
+                old * w + sample * (1.0 - w)
+            };
+            Some(next.to_bits())
         };
-        *estimate = Estimate { ns: next, at: now };
-        drop(estimate);
+        // `fold` always returns Some: the update cannot fail, only be retried.
+        let _ = self
+            .ewma
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, fold);
         self.busy_since.store(now, Ordering::Relaxed);
     }
 }

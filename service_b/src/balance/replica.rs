@@ -1,7 +1,8 @@
 //! One replica of Service A as B sees it: its address, its breaker, its load (a
-//! [`PeakEwma`]), its slow start, and whether it drains or left. Its flags and times are
-//! atomics and its estimate has its own small lock, so a call's choice and its bookkeeping
-//! never wait on one another. The choice sees it only through [`Candidate`].
+//! [`PeakEwma`]), its slow start, and whether it drains or left. Lock-free: its flags and
+//! times are atomics and its estimate is updated by compare-and-swap, so a call's choice and
+//! its bookkeeping never wait on one another. The choice sees it only through
+//! [`Candidate`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

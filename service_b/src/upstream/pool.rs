@@ -1,19 +1,19 @@
-//! B's idle connections to the replicas of A: one pool shared by every thread, sharded by
-//! replica address so that two calls rarely meet on a lock, and each lock is held only to
-//! push or pop one entry (the liveness check and every close happen outside it). An idle
+//! B's idle connections to the replicas of A: one pool shared by every thread, in shards
+//! that a call tries from a random one on, never waiting on a lock another call holds (it
+//! tries the next shard), so calls to one replica do not queue on one lock; each lock is
+//! held only to push or pop one entry (the liveness check and every close happen outside
+//! it). An idle
 //! connection keeps its socket and its small buffers (6 KiB, see `transport`), so the next
 //! call on it allocates nothing.
 //! Bounded per replica and in all; an idle connection older than the idle age is never used
 //! and is closed by [`Pool::prune`] (B's upkeep calls it on its timer) or on the next
 //! checkout.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -51,7 +51,8 @@ struct Idle {
 #[derive(Debug)]
 pub(crate) struct Pool {
     shards: Box<[Mutex<Vec<Idle>>]>,
-    per_replica: usize,
+    /// Idle connections to one replica in one shard at most.
+    per_shard: usize,
     total: usize,
     max_age: Duration,
     idle: AtomicUsize,
@@ -60,7 +61,8 @@ pub(crate) struct Pool {
 /// The bounds of a [`Pool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Bounds {
-    /// Idle connections kept to one replica at most.
+    /// Idle connections kept to one replica at most (rounded up to a multiple of the
+    /// shards: each keeps its share).
     pub(crate) per_replica: usize,
     /// Idle connections kept at most, every replica together.
     pub(crate) total: usize,
@@ -73,54 +75,72 @@ impl Pool {
     pub(crate) fn new(bounds: Bounds) -> Pool {
         Pool {
             shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-            per_replica: bounds.per_replica,
+            per_shard: bounds.per_replica.div_ceil(SHARDS).max(1),
             total: bounds.total,
             max_age: bounds.max_age,
             idle: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, addr: SocketAddr) -> MutexGuard<'_, Vec<Idle>> {
-        let mut h = DefaultHasher::new();
-        addr.hash(&mut h);
-        let i = (h.finish() % self.shards.len() as u64) as usize;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    /// Shard `i`, unless another call holds it.
+    fn try_shard(&self, i: usize) -> Option<MutexGuard<'_, Vec<Idle>>> {
+        match self.shards[i % self.shards.len()].try_lock() {
+            Ok(shard) => Some(shard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
-    /// The most recently used idle connection to `addr` that is still clean, if any; the
-    /// others found dead or too old on the way are closed.
+    /// The most recently pooled idle connection to `addr` of the first shard that has one,
+    /// if it is still clean; one found dead or too old is closed and the search goes on.
     pub(crate) fn take(&self, addr: SocketAddr) -> Option<Link> {
-        loop {
+        let start = fastrand::usize(..SHARDS);
+        let mut k = 0;
+        while k < SHARDS {
             let idle = {
-                let mut shard = self.shard(addr);
-                let i = shard.iter().rposition(|e| e.addr == addr)?;
-                shard.swap_remove(i)
+                let Some(mut shard) = self.try_shard(start + k) else {
+                    k += 1;
+                    continue;
+                };
+                match shard.iter().rposition(|e| e.addr == addr) {
+                    Some(i) => shard.swap_remove(i),
+                    None => {
+                        k += 1;
+                        continue;
+                    }
+                }
             };
             self.idle.fetch_sub(1, Ordering::Relaxed);
             if idle.since.elapsed() < self.max_age && clean(&idle.link.stream) {
                 return Some(idle.link);
             }
         }
+        None
     }
 
-    /// Keeps `link` for the next call to `addr`, unless the pool or `addr` has as many idle
-    /// as allowed (then it is closed).
+    /// Keeps `link` for the next call to `addr` in the first free shard with room for it,
+    /// unless the pool has as many idle as allowed (then it is closed, as when no shard
+    /// has room).
     pub(crate) fn put(&self, addr: SocketAddr, link: Link) {
         if self.idle.fetch_add(1, Ordering::Relaxed) >= self.total {
             self.idle.fetch_sub(1, Ordering::Relaxed);
             return; // `link` closes here
         }
-        let mut shard = self.shard(addr);
-        if shard.iter().filter(|e| e.addr == addr).count() >= self.per_replica {
-            drop(shard);
-            self.idle.fetch_sub(1, Ordering::Relaxed);
-            return; // `link` closes here, outside the lock
+        let start = fastrand::usize(..SHARDS);
+        for k in 0..SHARDS {
+            let Some(mut shard) = self.try_shard(start + k) else {
+                continue;
+            };
+            if shard.iter().filter(|e| e.addr == addr).count() < self.per_shard {
+                shard.push(Idle {
+                    addr,
+                    link,
+                    since: Instant::now(),
+                });
+                return;
+            }
         }
-        shard.push(Idle {
-            addr,
-            link,
-            since: Instant::now(),
-        });
+        self.idle.fetch_sub(1, Ordering::Relaxed); // `link` closes here, outside every lock
     }
 
     /// Closes every idle connection older than the idle age; returns how many.
@@ -186,17 +206,17 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let second = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr2 = second.local_addr().expect("addr");
-        let pool = Pool::new(bounds(2, 3, Duration::from_secs(60)));
-        for _ in 0..5 {
+        let pool = Pool::new(bounds(SHARDS, SHARDS + 4, Duration::from_secs(60)));
+        for _ in 0..SHARDS + 8 {
             pool.put(addr, link(addr));
         }
-        assert_eq!(pool.idle(), 2, "at most two per replica");
-        for _ in 0..5 {
+        assert_eq!(pool.idle(), SHARDS, "at most one per shard and replica");
+        for _ in 0..8 {
             pool.put(addr2, link(addr2));
         }
-        assert_eq!(pool.idle(), 3, "at most three in all");
+        assert_eq!(pool.idle(), SHARDS + 4, "at most the total in all");
         assert!(pool.take(addr).is_some());
-        assert_eq!(pool.idle(), 2);
+        assert_eq!(pool.idle(), SHARDS + 3);
         let other: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert!(pool.take(other).is_none());
         let old = Pool::new(bounds(2, 2, Duration::ZERO));

@@ -51,8 +51,12 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration, chore: &Chore) {
         }
         if let Some(why) = asked.take() {
             resolve(&replicas, why);
-        } else if Instant::now() >= next_resolution && replicas.has_names() {
-            resolve(&replicas, "periodic");
+        } else if Instant::now() >= next_resolution {
+            // Moved on even with no name to resolve: a time left in the past would make
+            // every wait below 1 ms long.
+            if replicas.has_names() {
+                resolve(&replicas, "periodic");
+            }
             next_resolution = Instant::now() + every;
         }
         let set = replicas.snapshot();

@@ -15,7 +15,9 @@ use ureq::Agent;
 
 use super::pool::Pool;
 use super::transport::{AddressOnly, Connect, INPUT_BUFFER, OUTPUT_BUFFER};
-use crate::error::{classify, classify_status, CallError, Failure, Seen};
+use crate::error::{
+    classify, classify_body, classify_body_failure, classify_status, Failure, Seen,
+};
 
 /// Largest body accepted from A; an echo of the longest possible message fits easily.
 const MAX_A_BODY: u64 = 1024 * 1024;
@@ -168,50 +170,15 @@ impl EchoClient {
             .with_config()
             .limit(MAX_A_BODY)
             .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::Timeout(_) => CallError::Timeout(self.timeout),
-                other => CallError::BadResponse(format!("reading the body failed: {other}")),
-            })
-            .map_err(|e| Failure::failing(e, false))?;
-        let value = parse_echo(&body).map_err(|e| Failure::failing(e, false))?;
+            .map_err(|e| classify_body_failure(e, self.timeout))?;
+        let value = classify_body(&body).map_err(|e| Failure::failing(e, false))?;
         Ok(Answer { value, closing })
-    }
-}
-
-/// A's body must be a JSON object with a string `echo`; it is passed on as received.
-fn parse_echo(body: &[u8]) -> Result<Value, CallError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| CallError::BadResponse(format!("body is not JSON ({e})")))?;
-    match value.get("echo") {
-        Some(Value::String(_)) if value.is_object() => Ok(value),
-        _ => Err(CallError::BadResponse(
-            "expected a JSON object with a string \"echo\"".to_string(),
-        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn only_an_object_with_a_string_echo_is_accepted() {
-        assert_eq!(
-            parse_echo(br#"{"echo":"hi","x":1}"#).unwrap(),
-            json!({"echo":"hi","x":1})
-        );
-        for bad in [
-            &b"not json"[..],
-            b"[]",
-            b"{}",
-            br#"{"echo":1}"#,
-            br#""echo""#,
-            b"",
-        ] {
-            assert_eq!(parse_echo(bad).unwrap_err().kind(), "bad_response");
-        }
-    }
 
     #[test]
     fn the_path_form_encodes_the_message() {

@@ -34,6 +34,10 @@ pub struct Request {
     /// The service is draining before it stops: readiness fails, every answer closes its
     /// connection.
     pub draining: bool,
+    /// The body as sent (at most [`crate::server::MAX_BODY_BYTES`]; empty when none).
+    pub body: Vec<u8>,
+    /// The `Content-Type` as sent (ASCII), for a handler that reads the body.
+    pub content_type: Option<String>,
 }
 
 /// The header in which a caller says how many milliseconds it will wait for the answer:
@@ -68,6 +72,8 @@ impl Request {
             trace: Trace::start(),
             budget: None,
             draining: false,
+            body: Vec::new(),
+            content_type: None,
         }
     }
 
@@ -318,10 +324,8 @@ mod tests {
         assert_eq!((missing.route, post.route), (None, Some("/x")));
 
         assert_eq!(route(&(), &Request::get("/x?a=b"), routes).status, 200);
-        assert_eq!(
-            route(&(), &Request::new("HEAD", "/x", "id"), routes).status,
-            200
-        );
+        let head = Request::new("HEAD", "/x", "id");
+        assert_eq!(route(&(), &head, routes).status, 200);
     }
 
     #[test]

@@ -85,15 +85,17 @@ impl App {
                 Err(rejection) => return self.reject(&mut writer, &rejection),
             };
             let started = Instant::now();
-            let keep_alive = match read_body(&mut writer, &mut reader, &mut buf, &head) {
-                Ok(()) => head.keep_alive,
+            let body = match read_body(&mut writer, &mut reader, &mut buf, &head) {
+                Ok(body) => body,
                 Err(rejection) => return self.reject(&mut writer, &rejection),
             };
+            let keep_alive = head.keep_alive;
             if over_limit && head.target.split('?').next() != Some("/health") {
                 return self.refuse(&mut writer);
             }
             self.in_flight.fetch_add(1, Ordering::SeqCst);
-            let keep_alive = self.answer(&mut writer, head, keep_alive && !over_limit, started);
+            let keep_alive =
+                self.answer(&mut writer, head, body, keep_alive && !over_limit, started);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if !keep_alive {
                 return;
@@ -107,6 +109,7 @@ impl App {
         &self,
         writer: &mut Writer<'_>,
         head: Head,
+        body: Vec<u8>,
         keep_alive: bool,
         started: Instant,
     ) -> bool {
@@ -115,6 +118,8 @@ impl App {
         req.trace = Trace::from_headers(head.traceparent.as_deref(), head.tracestate.as_deref());
         req.budget = head.timeout_ms.as_deref().and_then(parse_budget);
         req.draining = self.draining();
+        req.body = body;
+        req.content_type = head.content_type;
         log::debug!(target: self.name, "{} {} started request_id={id}", req.method, req.path);
         let response = catch_unwind(AssertUnwindSafe(|| (self.handler)(&req)))
             .unwrap_or_else(|_| Response::error(500, "Internal server error"));
@@ -224,16 +229,16 @@ impl App {
     }
 }
 
-/// Reads and drops the request's body (at most [`super::MAX_BODY_BYTES`], checked with the
-/// head), after `100 Continue` if the client waits for it.
+/// Reads the request's body (at most [`super::MAX_BODY_BYTES`], checked with the head),
+/// after `100 Continue` if the client waits for it.
 fn read_body(
     writer: &mut Writer<'_>,
     reader: &mut Reader<'_>,
     buf: &mut Vec<u8>,
     head: &Head,
-) -> Result<(), Rejection> {
+) -> Result<Vec<u8>, Rejection> {
     if head.content_length == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if head.expect_continue && buf.len() < head.content_length {
         writer

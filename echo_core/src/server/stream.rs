@@ -167,7 +167,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes `len` body bytes off `buf`, reading more within [`HEAD_TIMEOUT`] if needed.
-    pub(super) fn body(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), Rejection> {
+    pub(super) fn body(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<Vec<u8>, Rejection> {
         let deadline = Instant::now() + HEAD_TIMEOUT;
         while buf.len() < len {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -175,7 +175,6 @@ impl<'a> Reader<'a> {
                 return Err(Rejection::Close);
             }
         }
-        buf.drain(..len);
-        Ok(())
+        Ok(buf.drain(..len).collect())
     }
 }

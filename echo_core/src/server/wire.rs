@@ -11,7 +11,7 @@ pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most header fields accepted; more gets 431.
 pub const MAX_HEADERS: usize = 100;
-/// Largest body read (and dropped: no route takes one); larger gets 413 and a close.
+/// Largest body read (and passed to the handler); larger gets 413 and a close.
 pub const MAX_BODY_BYTES: usize = 1024;
 /// The longest head worth waiting for: a request line with the longest target, then the
 /// most header bytes.
@@ -33,6 +33,7 @@ pub(super) struct Head {
     pub(super) tracestate: Option<String>,
     /// The caller's [`crate::http::TIMEOUT_HEADER`].
     pub(super) timeout_ms: Option<String>,
+    pub(super) content_type: Option<String>,
 }
 
 /// A request that cannot be served.
@@ -203,6 +204,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
         traceparent: optional("traceparent"),
         tracestate,
         timeout_ms: optional(crate::http::TIMEOUT_HEADER),
+        content_type: optional("Content-Type"),
     };
     Ok(Some((head, len)))
 }

@@ -1,0 +1,396 @@
+//! B's live page (`GET /`, one embedded HTML file) and its data (`GET /replicas`): B's view
+//! of the replicas, as Envoy's `/clusters` gives its own. What a call costs for them is
+//! counting, in [`CallStats`] and each replica's [`Window`], with a few atomic operations
+//! and no lock (a failed call also takes a short lock to be remembered); the document is
+//! built only when asked. Both reveal A's internal addresses: `--dashboard false` turns
+//! them off (docs/OPERATIONS.md).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use echo_core::Response;
+use serde_json::{json, Map, Value};
+
+use crate::window::{
+    latency_bucket, outcome_index, p99_ms, unix_ms, Window, LATENCY_BUCKETS, OUTCOMES, SECONDS,
+};
+
+/// The page, embedded at build time: no external asset, no build step.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Failed calls remembered for the page.
+pub(crate) const RECENT_FAILURES: usize = 20;
+
+/// `GET /`: the page, which may run only its own inline script and talk only to B.
+pub(crate) fn page() -> Response {
+    Response::text(200, "text/html; charset=utf-8", PAGE.to_string())
+        .with_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        )
+        .with_header("Cache-Control", "no-store")
+}
+
+/// B's wall clock against its monotonic one, so a call's second is read from the instants
+/// it already took.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    at: Instant,
+    unix_ms: u64,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock {
+            at: Instant::now(),
+            unix_ms: unix_ms(),
+        }
+    }
+}
+
+impl Clock {
+    /// The Unix second of `instant`.
+    pub(crate) fn second(&self, instant: Instant) -> u64 {
+        (self.unix_ms + instant.saturating_duration_since(self.at).as_millis() as u64) / 1000
+    }
+}
+
+/// One failed call, as the page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    pub(crate) at_ms: u64,
+    pub(crate) request_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) details: String,
+    pub(crate) replica: Option<SocketAddr>,
+}
+
+/// B's calls over the last minute: by outcome, their latency, retries, and the last
+/// failures.
+#[derive(Debug, Default)]
+pub(crate) struct CallStats {
+    pub(crate) clock: Clock,
+    outcomes: Window<7>,
+    latency: Window<LATENCY_BUCKETS>,
+    /// Retried, and not retried because the budget was spent.
+    retries: Window<2>,
+    failures: Mutex<VecDeque<Failure>>,
+}
+
+impl CallStats {
+    /// Counts a call that ended at `end` with outcome `kind`; `took` if A was called.
+    pub(crate) fn call(&self, end: Instant, kind: &str, took: Option<Duration>) {
+        let second = self.clock.second(end);
+        self.outcomes.add(second, outcome_index(kind));
+        if let Some(took) = took {
+            self.latency
+                .add(second, latency_bucket(took.as_micros() as u64));
+        }
+    }
+
+    /// Counts a retry (`spent`) or one the budget denied.
+    pub(crate) fn retry(&self, spent: bool) {
+        let second = self.clock.second(Instant::now());
+        self.retries.add(second, usize::from(!spent));
+    }
+
+    /// Remembers a failed call, forgetting the oldest beyond [`RECENT_FAILURES`].
+    pub(crate) fn failed(&self, failure: Failure) {
+        let mut list = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() == RECENT_FAILURES {
+            list.pop_front();
+        }
+        list.push_back(failure);
+    }
+}
+
+/// A replica's state as the page shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum State {
+    /// Takes its full share of the calls.
+    Serving,
+    /// Joining or readmitted: may take this share of its full share.
+    SlowStart(f64),
+    /// It said it drains: no new calls while others can take them.
+    Draining,
+    /// Its breaker is open until `until_ms` (Unix), the `in_a_row`-th ejection in a row.
+    Ejected { until_ms: u64, in_a_row: u32 },
+    /// Its name no longer resolves to it.
+    Departed,
+}
+
+/// What `/replicas` says of one replica, read from it when asked.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaView<'a> {
+    pub(crate) address: SocketAddr,
+    pub(crate) from: &'a str,
+    pub(crate) state: State,
+    pub(crate) latency_ms: f64,
+    pub(crate) in_flight: usize,
+    pub(crate) outcomes: &'a Window<7>,
+}
+
+/// What `/replicas` says of B as a whole beyond its counts.
+#[derive(Debug, Clone)]
+pub(crate) struct BView {
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_inflight: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) retry_percent: u32,
+    pub(crate) retries_available: f64,
+}
+
+fn outcomes(counts: [u64; 7], zeros: bool) -> Value {
+    let map: Map<String, Value> = OUTCOMES
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| zeros || *n > 0)
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    Value::Object(map)
+}
+
+/// Calls per second over the last 10 s: what ended in them, over the seconds they span
+/// (the current one counted by the part of it gone).
+fn per_second(counts: [u64; 7], now_ms: u64) -> f64 {
+    let seconds = 9.0 + (now_ms % 1000) as f64 / 1000.0;
+    let rate = counts.iter().sum::<u64>() as f64 / seconds.max(1.0);
+    (rate * 10.0).round() / 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn replica_json(r: &ReplicaView<'_>, now: u64, now_ms: u64) -> Value {
+    let (state, until, in_a_row, share) = match r.state {
+        State::Serving => ("serving", None, 0, None),
+        State::SlowStart(share) => ("slow_start", None, 0, Some(round2(share))),
+        State::Draining => ("draining", None, 0, None),
+        State::Ejected { until_ms, in_a_row } => ("ejected", Some(until_ms), in_a_row, None),
+        State::Departed => ("departed", None, 0, None),
+    };
+    json!({
+        "address": r.address.to_string(),
+        "from": r.from,
+        "state": state,
+        "ejected_until_ms": until,
+        "ejections_in_a_row": in_a_row,
+        "slow_start_share": share,
+        "latency_ms": round2(r.latency_ms),
+        "in_flight": r.in_flight,
+        "calls_per_s": per_second(r.outcomes.sum(now, 10), now_ms),
+        "outcomes_60s": outcomes(r.outcomes.sum(now, 60), true),
+    })
+}
+
+/// The `/replicas` document.
+pub(crate) fn document(b: &BView, stats: &CallStats, replicas: &[ReplicaView<'_>]) -> Value {
+    let now_ms = unix_ms();
+    let now = now_ms / 1000;
+    let history: Vec<Value> = (now + 1 - SECONDS as u64..=now)
+        .map(|t| {
+            json!({
+                "t": t,
+                "outcomes": outcomes(stats.outcomes.at(t), false),
+                "p99_ms": p99_ms(&stats.latency.at(t)).map(round2),
+            })
+        })
+        .collect();
+    let [retries, denied] = stats.retries.sum(now, 60);
+    let failures: Vec<Value> = {
+        let list = stats.failures.lock().unwrap_or_else(|p| p.into_inner());
+        list.iter()
+            .map(|f| {
+                json!({
+                    "at_ms": f.at_ms,
+                    "request_id": f.request_id,
+                    "kind": f.kind,
+                    "details": f.details,
+                    "replica": f.replica.map(|a| a.to_string()),
+                })
+            })
+            .collect()
+    };
+    let last_minute = stats.outcomes.sum(now, 60);
+    json!({
+        "now_ms": now_ms,
+        "service_b": {
+            "timeout_ms": b.timeout_ms,
+            "calls_per_s": per_second(stats.outcomes.sum(now, 10), now_ms),
+            "outcomes_10s": outcomes(stats.outcomes.sum(now, 10), true),
+            "outcomes_60s": outcomes(last_minute, true),
+            "bulkhead": {
+                "max_inflight": b.max_inflight,
+                "in_flight": b.in_flight,
+                "refused_60s": last_minute[outcome_index("overloaded")],
+            },
+            "retry_budget": {
+                "percent": b.retry_percent,
+                "available": round2(b.retries_available),
+                "retries_60s": retries,
+                "denied_60s": denied,
+            },
+            "per_second": history,
+        },
+        "replicas": replicas.iter().map(|r| replica_json(r, now, now_ms)).collect::<Vec<_>>(),
+        "recent_failures": failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b() -> BView {
+        BView {
+            timeout_ms: 2000,
+            max_inflight: 64,
+            in_flight: 1,
+            retry_percent: 20,
+            retries_available: 9.5,
+        }
+    }
+
+    #[test]
+    fn the_document_names_every_field_and_state() {
+        let stats = CallStats::default();
+        let now = Instant::now();
+        stats.call(now, "ok", Some(Duration::from_millis(2)));
+        stats.call(now, "timeout", Some(Duration::from_millis(2000)));
+        stats.call(now, "overloaded", None);
+        stats.retry(true);
+        stats.retry(false);
+        stats.retry(false);
+        let windows: Vec<Window<7>> = (0..5).map(|_| Window::default()).collect();
+        let second = stats.clock.second(now);
+        windows[0].add(second, 0);
+        windows[0].add(second, 2);
+        let states = [
+            State::Serving,
+            State::SlowStart(0.4321),
+            State::Draining,
+            State::Ejected {
+                until_ms: 1_764_000_000_000,
+                in_a_row: 2,
+            },
+            State::Departed,
+        ];
+        let addr: SocketAddr = "127.0.0.2:8080".parse().unwrap_or_else(|_| unreachable!());
+        let views: Vec<ReplicaView<'_>> = states
+            .iter()
+            .zip(&windows)
+            .map(|(state, w)| ReplicaView {
+                address: addr,
+                from: "http://service-a:8080",
+                state: *state,
+                latency_ms: 1.23456,
+                in_flight: 3,
+                outcomes: w,
+            })
+            .collect();
+        let doc = document(&b(), &stats, &views);
+        let service_b = &doc["service_b"];
+        assert_eq!(service_b["outcomes_60s"]["ok"], json!(1));
+        assert_eq!(service_b["outcomes_60s"]["bad_response"], json!(0));
+        assert_eq!(
+            service_b["bulkhead"],
+            json!({"max_inflight": 64, "in_flight": 1, "refused_60s": 1})
+        );
+        assert_eq!(
+            service_b["retry_budget"],
+            json!({"percent": 20, "available": 9.5, "retries_60s": 1, "denied_60s": 2})
+        );
+        let history = service_b["per_second"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(history.len(), 60);
+        // The calls' second: the last, or the one before if a second began meanwhile.
+        let at = |h: &&Value| h["t"] == json!(second);
+        let last = history.iter().find(at).cloned().unwrap_or_default();
+        assert_eq!(
+            last["outcomes"],
+            json!({"ok": 1, "timeout": 1, "overloaded": 1})
+        );
+        let p99 = last["p99_ms"].as_f64().unwrap_or(0.0);
+        assert!(history[58..].iter().any(|h| h["t"] == json!(second)));
+        assert!((1750.0..2250.0).contains(&p99), "{p99}");
+        assert_eq!(history[0]["p99_ms"], Value::Null);
+
+        let reps = doc["replicas"].as_array().cloned().unwrap_or_default();
+        let states: Vec<&str> = reps
+            .iter()
+            .map(|r| r["state"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            states,
+            ["serving", "slow_start", "draining", "ejected", "departed"]
+        );
+        assert_eq!(reps[0]["address"], json!("127.0.0.2:8080"));
+        assert_eq!(reps[0]["from"], json!("http://service-a:8080"));
+        assert_eq!(reps[0]["latency_ms"], json!(1.23));
+        assert_eq!(reps[0]["in_flight"], json!(3));
+        assert_eq!(reps[0]["outcomes_60s"]["timeout"], json!(1));
+        assert!(reps[0]["calls_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+        assert_eq!(reps[1]["slow_start_share"], json!(0.43));
+        assert_eq!(reps[3]["ejected_until_ms"], json!(1_764_000_000_000u64));
+        assert_eq!(reps[3]["ejections_in_a_row"], json!(2));
+        assert_eq!(
+            (
+                reps[0]["ejected_until_ms"].clone(),
+                reps[0]["slow_start_share"].clone()
+            ),
+            (Value::Null, Value::Null)
+        );
+        assert_eq!(doc["recent_failures"], json!([]));
+    }
+
+    #[test]
+    fn the_last_20_failures_are_kept() {
+        let stats = CallStats::default();
+        for i in 0..25 {
+            stats.failed(Failure {
+                at_ms: i,
+                request_id: format!("id-{i}"),
+                kind: "connect",
+                details: "Connection error: refused".into(),
+                replica: None,
+            });
+        }
+        let doc = document(&b(), &stats, &[]);
+        let list = doc["recent_failures"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(list.len(), RECENT_FAILURES);
+        assert_eq!(list[0]["request_id"], json!("id-5"));
+        assert_eq!(list[19]["request_id"], json!("id-24"));
+        assert_eq!(list[19]["replica"], Value::Null);
+        assert_eq!(doc["replicas"], json!([]));
+    }
+
+    #[test]
+    fn the_page_is_self_contained() {
+        let r = page();
+        assert_eq!(
+            (r.status, r.content_type),
+            (200, "text/html; charset=utf-8")
+        );
+        assert!(r.body.contains("window.__pageErrors") && r.body.contains("/replicas"));
+        // Nothing is fetched from elsewhere: no URL with a host, no external script or style.
+        for outside in ["http://", "https://", "<script src", "<link", "@import"] {
+            let hits: Vec<&str> = r.body.matches(outside).collect();
+            let only_svg_namespace = outside == "http://"
+                && r.body.matches("http://www.w3.org/2000/svg").count() == hits.len();
+            assert!(hits.is_empty() || only_svg_namespace, "{outside}");
+        }
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "Content-Security-Policy" && v.contains("default-src 'none'")));
+    }
+}

@@ -59,7 +59,11 @@ impl<const N: usize> Window<N> {
         };
         let stamp = (now & 0xffff_ffff) << 32;
         let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(if v & !0xffff_ffff == stamp { v + 1 } else { stamp | 1 })
+            Some(if v & !0xffff_ffff == stamp {
+                v + 1
+            } else {
+                stamp | 1
+            })
         });
     }
 

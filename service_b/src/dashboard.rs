@@ -1,27 +1,18 @@
 //! B's live page (`GET /`, one embedded HTML file) and its data (`GET /replicas`): B's view
 //! of the replicas, as Envoy's `/clusters` gives its own. What a call costs for them is
-//! counting, in [`CallStats`] and each replica's [`Window`], with a few atomic operations
-//! and no lock (a failed call also takes a short lock to be remembered); the document is
-//! built only when asked. Both reveal A's internal addresses: `--dashboard false` turns
+//! counting, in `window`'s [`CallStats`] and each replica's [`Window`], with a few atomic
+//! operations; the document is built only when asked. Both reveal A's internal addresses: `--dashboard false` turns
 //! them off (docs/OPERATIONS.md).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use echo_core::Response;
 use serde_json::{json, Map, Value};
 
-use crate::window::{
-    latency_bucket, outcome_index, p99_ms, unix_ms, Window, LATENCY_BUCKETS, OUTCOMES, SECONDS,
-};
+use crate::window::{outcome_index, p99_ms, unix_ms, CallStats, Window, OUTCOMES, SECONDS};
 
 /// The page, embedded at build time: no external asset, no build step.
 const PAGE: &str = include_str!("dashboard.html");
-
-/// Failed calls remembered for the page.
-pub(crate) const RECENT_FAILURES: usize = 20;
 
 /// `GET /`: the page, which may run only its own inline script and talk only to B.
 pub(crate) fn page() -> Response {
@@ -32,79 +23,6 @@ pub(crate) fn page() -> Response {
              connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
         )
         .with_header("Cache-Control", "no-store")
-}
-
-/// B's wall clock against its monotonic one, so a call's second is read from the instants
-/// it already took.
-#[derive(Debug)]
-pub(crate) struct Clock {
-    at: Instant,
-    unix_ms: u64,
-}
-
-impl Default for Clock {
-    fn default() -> Clock {
-        Clock {
-            at: Instant::now(),
-            unix_ms: unix_ms(),
-        }
-    }
-}
-
-impl Clock {
-    /// The Unix second of `instant`.
-    pub(crate) fn second(&self, instant: Instant) -> u64 {
-        (self.unix_ms + instant.saturating_duration_since(self.at).as_millis() as u64) / 1000
-    }
-}
-
-/// One failed call, as the page lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Failure {
-    pub(crate) at_ms: u64,
-    pub(crate) request_id: String,
-    pub(crate) kind: &'static str,
-    pub(crate) details: String,
-    pub(crate) replica: Option<SocketAddr>,
-}
-
-/// B's calls over the last minute: by outcome, their latency, retries, and the last
-/// failures.
-#[derive(Debug, Default)]
-pub(crate) struct CallStats {
-    pub(crate) clock: Clock,
-    outcomes: Window<7>,
-    latency: Window<LATENCY_BUCKETS>,
-    /// Retried, and not retried because the budget was spent.
-    retries: Window<2>,
-    failures: Mutex<VecDeque<Failure>>,
-}
-
-impl CallStats {
-    /// Counts a call that ended at `end` with outcome `kind`; `took` if A was called.
-    pub(crate) fn call(&self, end: Instant, kind: &str, took: Option<Duration>) {
-        let second = self.clock.second(end);
-        self.outcomes.add(second, outcome_index(kind));
-        if let Some(took) = took {
-            self.latency
-                .add(second, latency_bucket(took.as_micros() as u64));
-        }
-    }
-
-    /// Counts a retry (`spent`) or one the budget denied.
-    pub(crate) fn retry(&self, spent: bool) {
-        let second = self.clock.second(Instant::now());
-        self.retries.add(second, usize::from(!spent));
-    }
-
-    /// Remembers a failed call, forgetting the oldest beyond [`RECENT_FAILURES`].
-    pub(crate) fn failed(&self, failure: Failure) {
-        let mut list = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if list.len() == RECENT_FAILURES {
-            list.pop_front();
-        }
-        list.push_back(failure);
-    }
 }
 
 /// A replica's state as the page shows it.
@@ -202,7 +120,7 @@ pub(crate) fn document(b: &BView, stats: &CallStats, replicas: &[ReplicaView<'_>
         .collect();
     let [retries, denied] = stats.retries.sum(now, 60);
     let failures: Vec<Value> = {
-        let list = stats.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let list = stats.failures();
         list.iter()
             .map(|f| {
                 json!({
@@ -244,6 +162,8 @@ pub(crate) fn document(b: &BView, stats: &CallStats, replicas: &[ReplicaView<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::{Failure, RECENT_FAILURES};
+    use std::time::{Duration, Instant};
 
     fn b() -> BView {
         BView {

@@ -3,9 +3,14 @@
 //! one compare-and-swap and no lock; each counter carries the second it counts, so a bucket
 //! left from a minute ago reads as zero and the first call of a new second restarts it,
 //! with no sweeper thread and no count lost at the boundary. Reading sums what is there.
+//! [`CallStats`] holds B's own: its calls by outcome and latency, its retries, and the
+//! last failed calls (a failure also takes a short lock to be remembered).
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Seconds kept: the page's strip chart and the 60 s outcome counts.
 pub(crate) const SECONDS: usize = 60;
@@ -129,6 +134,87 @@ pub(crate) fn p99_ms(counts: &[u64; LATENCY_BUCKETS]) -> Option<f64> {
         .unwrap_or(LATENCY_BUCKETS - 1);
     let middle = (bucket_floor(bucket) + bucket_floor(bucket + 1)) / 2.0;
     Some(middle / 1000.0)
+}
+
+/// Failed calls remembered for the page.
+pub(crate) const RECENT_FAILURES: usize = 20;
+
+/// B's wall clock against its monotonic one, so a call's second is read from the instants
+/// it already took.
+#[derive(Debug)]
+pub(crate) struct Clock {
+    at: Instant,
+    unix_ms: u64,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock {
+            at: Instant::now(),
+            unix_ms: unix_ms(),
+        }
+    }
+}
+
+impl Clock {
+    /// The Unix second of `instant`.
+    pub(crate) fn second(&self, instant: Instant) -> u64 {
+        (self.unix_ms + instant.saturating_duration_since(self.at).as_millis() as u64) / 1000
+    }
+}
+
+/// One failed call, as the page lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Failure {
+    pub(crate) at_ms: u64,
+    pub(crate) request_id: String,
+    pub(crate) kind: &'static str,
+    pub(crate) details: String,
+    pub(crate) replica: Option<SocketAddr>,
+}
+
+/// B's calls over the last minute: by outcome, their latency, retries, and the last
+/// failures.
+#[derive(Debug, Default)]
+pub(crate) struct CallStats {
+    pub(crate) clock: Clock,
+    pub(crate) outcomes: Window<7>,
+    pub(crate) latency: Window<LATENCY_BUCKETS>,
+    /// Retried, and not retried because the budget was spent.
+    pub(crate) retries: Window<2>,
+    failures: Mutex<VecDeque<Failure>>,
+}
+
+impl CallStats {
+    /// Counts a call that ended at `end` with outcome `kind`; `took` if A was called.
+    pub(crate) fn call(&self, end: Instant, kind: &str, took: Option<Duration>) {
+        let second = self.clock.second(end);
+        self.outcomes.add(second, outcome_index(kind));
+        if let Some(took) = took {
+            self.latency
+                .add(second, latency_bucket(took.as_micros() as u64));
+        }
+    }
+
+    /// Counts a retry (`spent`) or one the budget denied.
+    pub(crate) fn retry(&self, spent: bool) {
+        let second = self.clock.second(Instant::now());
+        self.retries.add(second, usize::from(!spent));
+    }
+
+    /// Remembers a failed call, forgetting the oldest beyond [`RECENT_FAILURES`].
+    pub(crate) fn failed(&self, failure: Failure) {
+        let mut list = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() == RECENT_FAILURES {
+            list.pop_front();
+        }
+        list.push_back(failure);
+    }
+
+    /// The remembered failures, oldest first.
+    pub(crate) fn failures(&self) -> MutexGuard<'_, VecDeque<Failure>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]

@@ -88,8 +88,8 @@ pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
         .map_err(|_| format!("unknown log level '{s}' (off, error, warn, info, debug, trace)"))
 }
 
-/// The exit code when the grace period ran out with requests still in flight (they were
-/// dropped); 0 is a clean stop, 1 a failed start, 2 a bad command line.
+/// The exit code when the grace period ended with requests still unanswered (they were
+/// lost); 0 is a clean stop, 1 a failed start, 2 a bad command line.
 pub const EXIT_DROPPED: u8 = 3;
 
 /// Installs the logger, starts the service and waits for a signal:
@@ -142,17 +142,23 @@ fn serve_until_stopped(
         }
     }
     handle.stop_accepting();
-    log::info!(target: name, "{} received: no longer accepting, finishing in-flight requests (at most {}s)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
-    match handle.shutdown(SHUTDOWN_GRACE) {
-        0 => {
-            log::info!(target: name, "stopped: every accepted request was answered");
-            ExitCode::SUCCESS
-        }
-        n => {
-            log::warn!(target: name, "stopped with {n} request(s) dropped: still in flight after {}s", SHUTDOWN_GRACE.as_secs());
-            ExitCode::from(EXIT_DROPPED)
-        }
+    log::info!(target: name, "{} received: no longer accepting, finishing accepted requests (at most {}s; a second signal stops at once)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
+    let stopper = handle.stopper();
+    let _ = std::thread::Builder::new()
+        .name("signals-grace".to_string())
+        .spawn(move || {
+            if let Ok(again) = received.recv() {
+                log::info!(target: name, "{} received: ending the grace period now", signal_name(again));
+                stopper.end_grace();
+            }
+        });
+    let stopped = handle.shutdown(SHUTDOWN_GRACE);
+    if stopped.lost() == 0 {
+        log::info!(target: name, "stopped: every accepted request was answered");
+        return ExitCode::SUCCESS;
     }
+    log::warn!(target: name, "stopped with {} request(s) dropped: {} read and not answered, {} cut off mid-request", stopped.lost(), stopped.unanswered, stopped.cut_off);
+    ExitCode::from(EXIT_DROPPED)
 }
 
 /// The signals as they arrive, from a thread that waits for them.

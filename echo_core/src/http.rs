@@ -7,7 +7,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -34,10 +34,50 @@ pub struct Request {
     /// The service is draining before it stops: readiness fails, every answer closes its
     /// connection.
     pub draining: bool,
-    /// The body as sent (at most [`crate::server::MAX_BODY_BYTES`]; empty when none).
+    /// The body as sent (at most the server's 1 KiB limit; empty when there is none).
     pub body: Vec<u8>,
-    /// The `Content-Type` as sent (ASCII), for a handler that reads the body.
+    /// The `Content-Type` the client sent with the body, as sent.
     pub content_type: Option<String>,
+    /// The server's worker running this handler, told of a wait by [`Request::blocking`].
+    pub(crate) worker: Worker,
+}
+
+/// What a handler's wait tells the worker that runs it: before a wait (a call to another
+/// service) the worker makes sure another one serves the other connections; after it, the
+/// pool may shrink again.
+pub trait Blocking: Send + Sync {
+    /// A wait begins on this worker.
+    fn enter(&self);
+    /// The wait is over.
+    fn leave(&self);
+}
+
+/// The worker behind a request, if a server runs it (a unit test's request has none).
+#[derive(Clone, Default)]
+pub(crate) struct Worker(pub(crate) Option<Arc<dyn Blocking>>);
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Worker" } else { "None" })
+    }
+}
+
+/// Requests are equal whatever worker runs them.
+impl PartialEq for Worker {
+    fn eq(&self, _: &Worker) -> bool {
+        true
+    }
+}
+
+impl Eq for Worker {}
+
+/// Ends the blocking section when the wait ends, a panic included.
+struct Leave<'a>(&'a dyn Blocking);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 /// The header in which a caller says how many milliseconds it will wait for the answer:
@@ -74,6 +114,21 @@ impl Request {
             draining: false,
             body: Vec::new(),
             content_type: None,
+            worker: Worker::default(),
+        }
+    }
+
+    /// Runs `wait` (a call to another service, anything that sleeps) as a blocking section:
+    /// the server's other connections never wait behind it. Handlers that only compute need
+    /// no such section.
+    pub fn blocking<T>(&self, wait: impl FnOnce() -> T) -> T {
+        match &self.worker.0 {
+            Some(worker) => {
+                worker.enter();
+                let _leave = Leave(worker.as_ref());
+                wait()
+            }
+            None => wait(),
         }
     }
 
@@ -106,8 +161,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// Headers of this answer beyond those every answer carries (`Allow`, `Retry-After`).
     pub headers: Vec<(&'static str, String)>,
-    /// How long to wait before sending it (fault injection): a sleep on the connection's
-    /// own thread, which holds up no other connection.
+    /// How long to wait before sending it (fault injection): the server's timer sends it
+    /// when due, holding no thread meanwhile.
     pub delay: Duration,
     /// `key=value` fields the access line carries after the request id, such as the replica
     /// of Service A that B's answer came from: the handler knows them, the server logs.
@@ -324,8 +379,10 @@ mod tests {
         assert_eq!((missing.route, post.route), (None, Some("/x")));
 
         assert_eq!(route(&(), &Request::get("/x?a=b"), routes).status, 200);
-        let head = Request::new("HEAD", "/x", "id");
-        assert_eq!(route(&(), &head, routes).status, 200);
+        assert_eq!(
+            route(&(), &Request::new("HEAD", "/x", "id"), routes).status,
+            200
+        );
     }
 
     #[test]

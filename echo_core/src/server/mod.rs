@@ -1,41 +1,47 @@
-//! Our HTTP/1.1 core: a listener we bind ([`bind`]), one accept loop, and one thread per
-//! connection that reads each request, parses it with `httparse`, runs the handler and
-//! writes the answer, in order ([`serve`]). The accept thread gives each new connection to
-//! an idle connection thread or a new one (`pool`); after that, no request is ever handed
-//! between threads, so a connection never waits behind another and a client that never
-//! reads blocks only its own thread.
+//! Our HTTP/1.1 core, the card's model: a blocking accept loop (`accept`) and a pool of
+//! workers (`workers`) over one epoll set (`poller`). Each accepted connection is registered
+//! one-shot; the worker that gets a ready connection reads what is there into the
+//! connection's own buffer, runs the handler for each whole request on its own thread,
+//! writes the answers, in order, and re-arms the connection (`conn`). No request is handed
+//! between threads, no thread waits on an idle connection, and every wait (a head, an idle
+//! keep-alive, an answer the client does not read, a delayed answer) is a deadline of the one
+//! timer thread (`timer`). A handler that blocks says so ([`crate::Request::blocking`]), and
+//! another worker takes over the epoll set meanwhile.
 //!
-//! Here: bind, serve and its handle, the accept loop with its limit, and the stop. The wire
-//! rules are in `wire` (the head), `host` and `encode` (the answer); one connection's
-//! loop in `conn`, its socket's timed reads and writes in `stream`; the threads in
-//! `pool`.
+//! Here: bind, serve and its handle, and the stop. The wire rules are in `wire` (the head),
+//! `host` and `encode` (the answer); the handler, access line and drain state in `app`.
 
+mod accept;
+mod app;
 mod conn;
 mod encode;
 mod host;
-mod pool;
-mod stream;
+mod poller;
+mod timer;
 mod wire;
+mod workers;
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::event::{eventfd, EventfdFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::http::{request_id, Request, Response};
+use crate::http::{Request, Response};
 use crate::metrics::Metrics;
-use conn::App;
-use pool::Pool;
+use app::App;
+use conn::Conn;
+use poller::Poller;
+use timer::Timer;
+use workers::Workers;
 
-pub use stream::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
 pub use wire::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
-
 /// Descriptors kept back from `--max-connections`' default for the process itself (or a
 /// quarter of the limit, if that is less).
 const RESERVED_FDS: u64 = 64;
@@ -72,6 +78,35 @@ pub fn default_max_connections(fds_per_connection: u64) -> usize {
 /// The request handler a service gives to [`serve`].
 pub type HandlerFn = dyn Fn(&Request) -> Response + Send + Sync + 'static;
 
+/// The workers that never block, by default: the CPUs this process may use (a container's
+/// CPU limit included).
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How a server is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Open connections at most; beyond, a new one gets 503 (`--max-connections`).
+    pub max_connections: usize,
+    /// Workers that never block (`--workers`).
+    pub workers: usize,
+    /// Handlers in a blocking section at once, at most, each on a worker of its own: the
+    /// workers beyond `workers` are capped at this.
+    pub max_blocked: usize,
+}
+
+/// `max_connections`, with [`default_workers`] and up to 64 blocked handlers.
+impl From<usize> for Options {
+    fn from(max_connections: usize) -> Options {
+        Options {
+            max_connections,
+            workers: default_workers(),
+            max_blocked: 64,
+        }
+    }
+}
+
 /// Binds `listen` (an `IP:PORT`; port 0 picks a free one) with SO_REUSEADDR; the error
 /// names the address. No timeout is ever set on the listening socket: an accept with one
 /// fails with EAGAIN once it expires. A service binds before it logs its config, so a port
@@ -93,23 +128,23 @@ fn bind_addr(listen: &str) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Serves `handler` on `listener` (from [`bind`]), one thread per connection, at most
-/// `max_connections` at once; logs `listening on http://…` first. `name` is the service name
-/// of every log line; every answer is counted in `metrics`.
+/// Serves `handler` on `listener` (from [`bind`]) with `options` (or just
+/// `--max-connections`); logs `listening on http://…` first. `name` is the service name of
+/// every log line; every answer is counted in `metrics`.
 pub fn serve(
     name: &'static str,
     listener: TcpListener,
-    max_connections: usize,
+    options: impl Into<Options>,
     metrics: Arc<Metrics>,
     handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
 ) -> io::Result<ServerHandle> {
+    let options = options.into();
     let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared {
-        listener,
-        max_connections: max_connections.max(1),
-        open: Mutex::new(Open::default()),
-        all_closed: Condvar::new(),
-        pool: Arc::new(Pool::new(format!("{name}-conn"))),
+    listener.set_nonblocking(true)?;
+    let max_connections = options.max_connections.max(1);
+    let accept_stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+    let core = Arc::new(Core {
+        poller: Poller::new()?,
         app: App {
             name,
             handler: Box::new(handler),
@@ -117,23 +152,71 @@ pub fn serve(
             stopping: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            max_connections: max_connections.max(1),
+            max_connections,
             refusals: Mutex::default(),
         },
+        workers: Workers::new(options.workers, options.max_blocked),
+        timer: Timer::default(),
+        epoch: Instant::now(),
+        max_connections,
+        open: AtomicUsize::new(0),
+        over: AtomicUsize::new(0),
+        stopped_at: OnceLock::new(),
+        accept_stop: accept_stop.try_clone()?,
+        accepting: AtomicBool::new(true),
+        closed: (Mutex::new(()), Condvar::new()),
+        grace_ended: AtomicBool::new(false),
     });
-    let accepting = Arc::clone(&shared);
+    workers::start(&core)?;
+    let timing = Arc::clone(&core);
+    thread::Builder::new()
+        .name(format!("{name}-timer"))
+        .spawn(move || timer::run(timing))?;
+    let accepting = Arc::clone(&core);
     thread::Builder::new()
         .name(format!("{name}-accept"))
-        .spawn(move || accepting.accept_loop())?;
+        .spawn(move || {
+            accept::run(Arc::clone(&accepting), listener, accept_stop);
+            accepting.accepting.store(false, Ordering::SeqCst);
+            accepting.finish_if_done();
+        })?;
     log::info!(target: name, "listening on http://{addr}");
-    Ok(ServerHandle { addr, shared })
+    Ok(ServerHandle { addr, core })
 }
 
 /// A running server: its bound address and the way to stop it. Dropping it stops accepting
-/// without waiting for in-flight requests.
+/// without waiting for in-flight requests; its threads end once its connections have.
 pub struct ServerHandle {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    core: Arc<Core>,
+}
+
+/// What a stop left unanswered when its grace period ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Requests read whose answer was not written.
+    pub unanswered: usize,
+    /// Connections closed with part of a request read.
+    pub cut_off: usize,
+}
+
+impl Stopped {
+    /// Requests lost, whole or in part: 0 for a clean stop.
+    pub fn lost(&self) -> usize {
+        self.unanswered + self.cut_off
+    }
+}
+
+/// Ends a stop's grace period from another thread (a second signal).
+#[derive(Clone)]
+pub struct Stopper(Arc<Core>);
+
+impl Stopper {
+    /// Ends the grace period now: what is still open is cut off and counted.
+    pub fn end_grace(&self) {
+        self.0.grace_ended.store(true, Ordering::SeqCst);
+        self.0.closed.1.notify_all();
+    }
 }
 
 impl ServerHandle {
@@ -150,195 +233,139 @@ impl ServerHandle {
     /// Starts the drain before a stop: requests see [`Request::draining`] (readiness fails)
     /// and every answer closes its connection, while new connections are still accepted.
     pub fn drain(&self) {
-        self.shared.app.draining.store(true, Ordering::SeqCst);
+        self.core.app.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Stops accepting and ends idle connections at once; [`ServerHandle::shutdown`] does
-    /// this too.
+    /// Stops accepting (after taking the connections already queued), and closes idle
+    /// connections; [`ServerHandle::shutdown`] does this too.
     pub fn stop_accepting(&self) {
-        self.shared.stop();
+        self.core.begin_stop();
     }
 
-    /// Stops, lets requests already read finish (a delayed answer included), and waits at
-    /// most `grace` for every connection to close. Returns how many requests were still in
-    /// flight when it gave up.
-    pub fn shutdown(self, grace: Duration) -> usize {
-        self.shared.stop();
+    /// What ends [`ServerHandle::shutdown`]'s grace period early.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.core))
+    }
+
+    /// Stops, lets every request already accepted finish (a connection that has sent
+    /// nothing yet gets a second to begin its request), and waits at most `grace` for every
+    /// connection to close. Returns what was still unanswered when it gave up.
+    pub fn shutdown(self, grace: Duration) -> Stopped {
+        let core = &self.core;
+        core.begin_stop();
         let deadline = Instant::now() + grace;
-        let mut open = self.shared.lock_open();
-        while !open.streams.is_empty() {
+        let (lock, closed) = &core.closed;
+        let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while core.poller.table().open() > 0 && !core.grace_ended.load(Ordering::SeqCst) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            open = match self.shared.all_closed.wait_timeout(open, left) {
+            guard = match closed.wait_timeout(guard, left.min(Duration::from_millis(50))) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
-        drop(open);
-        self.shared.app.in_flight.load(Ordering::SeqCst)
+        drop(guard);
+        let cut_off = {
+            let table = core.poller.table();
+            let cut_off = table.conns().filter(|conn| conn.unread()).count();
+            for conn in table.conns() {
+                let _ = conn.stream.shutdown(Shutdown::Both);
+            }
+            cut_off
+        };
+        let unanswered = core.app.in_flight.load(Ordering::SeqCst);
+        core.app.log_refusals(0);
+        core.finish();
+        Stopped {
+            unanswered,
+            cut_off,
+        }
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.core.begin_stop();
     }
 }
 
-/// One open connection: its id in [`Open`], the socket (shared with the stopper), and
-/// whether it is over the limit.
-type Conn = (u64, Arc<TcpStream>, bool);
-
-/// The open connections, so that a stop can end them and the limit can count them.
-#[derive(Default)]
-struct Open {
-    next_id: u64,
-    streams: HashMap<u64, Arc<TcpStream>>,
-    /// How many of them are over the limit.
-    over: usize,
-}
-
-/// One server: the listener, its open connections, its threads and what they serve.
-struct Shared {
-    listener: TcpListener,
-    max_connections: usize,
-    open: Mutex<Open>,
-    /// Signalled whenever a connection closes (shutdown waits on it).
-    all_closed: Condvar,
-    pool: Arc<Pool<Conn>>,
+/// One server: the epoll set and its connections, the workers, the timer, and what they
+/// serve.
+pub(crate) struct Core {
+    poller: Poller,
     app: App,
+    workers: Workers,
+    timer: Timer,
+    /// The timer's clock starts here.
+    epoch: Instant,
+    max_connections: usize,
+    /// Connections open within `max_connections`, and over it.
+    open: AtomicUsize,
+    over: AtomicUsize,
+    stopped_at: OnceLock<Instant>,
+    /// Wakes the accept loop at the stop.
+    accept_stop: OwnedFd,
+    /// The accept loop still runs.
+    accepting: AtomicBool,
+    /// Signalled when a connection closes during a stop.
+    closed: (Mutex<()>, Condvar),
+    grace_ended: AtomicBool,
 }
 
-/// Connections over `--max-connections` still read by a thread of their own, at most: each
-/// may ask for `/health` (liveness must be answered when the service is full); beyond
-/// these, the accept thread answers 503 without reading.
-const OVER_LIMIT_THREADS: usize = 8;
-
-impl Shared {
-    fn lock_open(&self) -> MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+impl Core {
+    /// `at` on the timer's clock, in milliseconds (never 0, which means no deadline).
+    fn clock(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
     }
 
-    /// Stops accepting (shutting the listener down wakes the blocked `accept` and refuses
-    /// new connections), shuts every open connection down for reading (an idle one ends at
-    /// once; a busy one still writes its answer, then closes) and ends idle threads.
-    fn stop(&self) {
-        if self.app.stopping.swap(true, Ordering::SeqCst) {
+    /// When the stop began, once it has.
+    fn stopped_at(&self) -> Option<Instant> {
+        self.stopped_at.get().copied()
+    }
+
+    fn begin_stop(&self) {
+        if self.stopped_at.set(Instant::now()).is_err() {
             return;
         }
-        let _ = socket2::SockRef::from(&self.listener).shutdown(Shutdown::Read);
-        for stream in self.lock_open().streams.values() {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
-        self.pool.stop();
+        self.app.stopping.store(true, Ordering::SeqCst);
+        let _ = rustix::io::write(&self.accept_stop, &1u64.to_ne_bytes());
+        self.timer.nudge(false);
     }
 
-    /// Accepts until stopped. It never dies: an error (EMFILE, ENFILE, ECONNABORTED, …) is
-    /// logged once per burst and retried after a back-off that grows from 10 ms to 200 ms.
-    fn accept_loop(self: Arc<Self>) {
-        let name = self.app.name;
-        let mut failures: u64 = 0;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) if self.app.stopping() => {
-                    drop(stream);
-                    self.app.log_refusals(0);
-                    return;
-                }
-                Ok((stream, _)) => {
-                    if failures > 0 {
-                        log::warn!(target: name, "accept works again after {failures} failure(s)");
-                        failures = 0;
-                    }
-                    self.admit(stream);
-                    self.app.log_refusals(0);
-                }
-                Err(_) if self.app.stopping() => return self.app.log_refusals(0),
-                Err(e) => {
-                    if failures == 0 {
-                        log::error!(target: name, "accept failed: {e}; retrying");
-                    }
-                    failures += 1;
-                    let backoff = 5u64 << failures.min(6);
-                    thread::sleep(Duration::from_millis(backoff.min(200)));
-                }
-            }
-        }
-    }
-
-    /// Registers a new connection and gives it a thread, or answers 503 and closes it when
-    /// `max_connections` are open.
-    fn admit(self: &Arc<Self>, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let conn = {
-            let mut open = self.lock_open();
-            let over_limit = open.streams.len() - open.over >= self.max_connections;
-            if over_limit && open.over >= OVER_LIMIT_THREADS {
-                drop(open);
-                self.refuse(&stream);
-                return;
-            }
-            open.over += usize::from(over_limit);
-            let id = open.next_id;
-            open.next_id += 1;
-            let stream = Arc::new(stream);
-            open.streams.insert(id, Arc::clone(&stream));
-            if self.app.stopping() {
-                // Accepted just as the stop began, after it shut the open ones: same fate.
-                let _ = stream.shutdown(Shutdown::Read);
-            }
-            (id, stream, over_limit)
+    /// Closes a connection for good; during a stop, the last one ends the server.
+    fn close(&self, conn: &Conn) {
+        let counter = if conn.over_limit {
+            &self.over
+        } else {
+            &self.open
         };
-        let (id, over_limit) = (conn.0, conn.2);
-        let shared = Arc::clone(self);
-        if let Err(e) = self.pool.run(conn, move |conn| shared.connection(conn)) {
-            log::error!(target: self.app.name, "cannot start a connection thread: {e}");
-            let mut open = self.lock_open();
-            if let Some(stream) = open.streams.remove(&id) {
-                open.over = open.over.saturating_sub(usize::from(over_limit));
-                drop(open);
-                self.refuse(&stream);
+        counter.fetch_sub(1, Ordering::SeqCst);
+        let left = self.poller.forget(conn);
+        if self.app.stopping() {
+            self.closed.1.notify_all();
+            if left == 0 {
+                self.finish_if_done();
             }
         }
     }
 
-    /// One connection on its thread: served to its end, lingered over, then forgotten.
-    fn connection(&self, (id, stream, over_limit): Conn) {
-        if catch_unwind(AssertUnwindSafe(|| self.app.serve(&stream, over_limit))).is_err() {
-            log::error!(target: self.app.name, "connection thread panicked; connection closed");
+    /// Ends the workers and the timer once the server stops, accepts no more and has no
+    /// connection left.
+    fn finish_if_done(&self) {
+        if self.app.stopping()
+            && !self.accepting.load(Ordering::SeqCst)
+            && self.poller.table().open() == 0
+        {
+            self.finish();
         }
-        stream::linger(&stream);
-        let mut open = self.lock_open();
-        open.streams.remove(&id);
-        open.over -= usize::from(over_limit);
-        drop(stream);
-        self.all_closed.notify_all();
     }
 
-    /// The answer to a connection over the limit, written on the accept thread: it fits in
-    /// a fresh socket's send buffer, so the write does not block.
-    fn refuse(&self, stream: &TcpStream) {
-        let _ = stream.set_nonblocking(true);
-        let id = request_id(None);
-        let response = Response::error(503, "Too many connections");
-        let _ = (&*stream).write_all(&encode::encode(&response, &id, false, true));
-        let _ = stream.shutdown(Shutdown::Write);
-        // Closing with unread bytes would reset the connection, and a reset can destroy the
-        // 503 before the client reads it: take what has arrived, without waiting (this is
-        // the accept thread).
-        let (mut drained, mut sink) = (0, [0u8; 4096]);
-        while drained < stream::LINGER_BYTES {
-            match (&*stream).read(&mut sink) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-        self.app.metrics.refused();
-        log::debug!(target: self.app.name, "refused a connection: 503 request_id={id}");
-        self.app.log_refusals(1);
+    fn finish(&self) {
+        self.poller.stop_all();
+        self.timer.nudge(true);
     }
 }
 

@@ -11,7 +11,7 @@ pub const MAX_TARGET_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Most header fields accepted; more gets 431.
 pub const MAX_HEADERS: usize = 100;
-/// Largest body read (and passed to the handler); larger gets 413 and a close.
+/// Largest body read (and dropped: no route takes one); larger gets 413 and a close.
 pub const MAX_BODY_BYTES: usize = 1024;
 /// The longest head worth waiting for: a request line with the longest target, then the
 /// most header bytes.
@@ -33,27 +33,24 @@ pub(super) struct Head {
     pub(super) tracestate: Option<String>,
     /// The caller's [`crate::http::TIMEOUT_HEADER`].
     pub(super) timeout_ms: Option<String>,
+    /// The body's `Content-Type`, as sent.
     pub(super) content_type: Option<String>,
 }
 
-/// A request that cannot be served.
+/// A request that cannot be served: answered with `status` and `{"error": message}`, then
+/// the connection closes; the access line names the request by `method` and `path` as far
+/// as they were read.
 #[derive(Debug)]
-pub(super) enum Rejection {
-    /// Answered with `status` and `{"error": message}`, then the connection closes; the
-    /// access line names the request by `method` and `path` as far as they were read.
-    Answer {
-        status: u16,
-        message: &'static str,
-        method: String,
-        path: String,
-    },
-    /// The client closed or timed out mid-request: nothing to answer, the connection ends.
-    Close,
+pub(super) struct Rejection {
+    pub(super) status: u16,
+    pub(super) message: &'static str,
+    pub(super) method: String,
+    pub(super) path: String,
 }
 
 impl Rejection {
     fn new(status: u16, message: &'static str) -> Rejection {
-        Rejection::Answer {
+        Rejection {
             status,
             message,
             method: "-".to_string(),
@@ -63,16 +60,10 @@ impl Rejection {
 
     /// Names the request in the access line by its method and target.
     fn of(self, method: &str, target: &str) -> Rejection {
-        match self {
-            Rejection::Answer {
-                status, message, ..
-            } => Rejection::Answer {
-                status,
-                message,
-                method: method.to_string(),
-                path: target.split('?').next().unwrap_or("").to_string(),
-            },
-            Rejection::Close => Rejection::Close,
+        Rejection {
+            method: method.to_string(),
+            path: target.split('?').next().unwrap_or("").to_string(),
+            ..self
         }
     }
 
@@ -272,10 +263,7 @@ mod tests {
     }
 
     fn status(raw: &str) -> Option<u16> {
-        match parse(raw) {
-            Err(Rejection::Answer { status, .. }) => Some(status),
-            _ => None,
-        }
+        parse(raw).err().map(|rejection| rejection.status)
     }
 
     #[test]

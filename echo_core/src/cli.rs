@@ -4,8 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::error::ErrorKind;
 use clap::Parser;
@@ -18,6 +17,8 @@ use crate::server::ServerHandle;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often a second signal is looked for during the drain and the grace period.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Parses the command line. `--help` and `--version` print and exit 0; any other error is
 /// one line on stderr (clap's own message is several) and exit code 2.
@@ -111,7 +112,12 @@ pub fn run(
 ) -> ExitCode {
     crate::logging::init(level, format);
     let code = serve_until_stopped(name, drain, start);
-    crate::logging::flush(); // the last lines say how it stopped
+    // The last lines say how it stopped; any stdout did not take is counted where it can be.
+    let unwritten = crate::logging::flush(name, Duration::from_secs(2));
+    if unwritten > 0 {
+        let dropped = crate::logging::dropped_total();
+        eprintln!("{name}: {unwritten} log lines never written (stdout was not read); {dropped} dropped before them");
+    }
     code
 }
 
@@ -132,48 +138,42 @@ fn serve_until_stopped(
         Ok(handle) => handle,
         Err(e) => return fail(name, &e.to_string()),
     };
-    let received = forward(signals);
-    let signal = received.recv().unwrap_or(SIGTERM);
+    // The main thread waits for the signals itself (no thread of their own): the first one
+    // blocks; during the drain and the grace period, a second one is looked for every 50 ms.
+    let mut signals = signals;
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let mut again = move || signals.pending().next();
     if signal != SIGINT && !drain.is_zero() {
         handle.drain();
         log::info!(target: name, "{} received: draining for {}ms (/ready answers 503, every answer closes its connection), then stopping", signal_name(signal), drain.as_millis());
-        if let Ok(again) = received.recv_timeout(drain) {
-            log::info!(target: name, "{} received: ending the drain early", signal_name(again));
+        let until = Instant::now() + drain;
+        while Instant::now() < until {
+            if let Some(second) = again() {
+                log::info!(target: name, "{} received: ending the drain early", signal_name(second));
+                break;
+            }
+            std::thread::sleep(SIGNAL_POLL.min(until.saturating_duration_since(Instant::now())));
         }
     }
     handle.stop_accepting();
     log::info!(target: name, "{} received: no longer accepting, finishing accepted requests (at most {}s; a second signal stops at once)", signal_name(signal), SHUTDOWN_GRACE.as_secs());
-    let stopper = handle.stopper();
-    let _ = std::thread::Builder::new()
-        .name("signals-grace".to_string())
-        .spawn(move || {
-            if let Ok(again) = received.recv() {
-                log::info!(target: name, "{} received: ending the grace period now", signal_name(again));
-                stopper.end_grace();
-            }
-        });
-    let stopped = handle.shutdown(SHUTDOWN_GRACE);
+    let stopped = handle.shutdown_unless(SHUTDOWN_GRACE, || match again() {
+        Some(second) => {
+            log::info!(target: name, "{} received: ending the grace period now", signal_name(second));
+            true
+        }
+        None => false,
+    });
+    // The last line also says how many log lines the queue for stdout had to drop: once the
+    // lines before it are out (at most 1 s), so that it has room.
+    crate::logging::flush(name, Duration::from_secs(1));
+    let log_lines_dropped = crate::logging::dropped_total();
     if stopped.lost() == 0 {
-        log::info!(target: name, "stopped: every accepted request was answered");
+        log::info!(target: name, log_lines_dropped; "stopped: every accepted request was answered");
         return ExitCode::SUCCESS;
     }
-    log::warn!(target: name, "stopped with {} request(s) dropped: {} read and not answered, {} cut off mid-request", stopped.lost(), stopped.unanswered, stopped.cut_off);
+    log::warn!(target: name, log_lines_dropped; "stopped with {} request(s) dropped: {} read and not answered, {} cut off mid-request", stopped.lost(), stopped.unanswered, stopped.cut_off);
     ExitCode::from(EXIT_DROPPED)
-}
-
-/// The signals as they arrive, from a thread that waits for them.
-fn forward(mut signals: Signals) -> mpsc::Receiver<i32> {
-    let (tx, rx) = mpsc::channel();
-    let _ = std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if tx.send(signal).is_err() {
-                    return;
-                }
-            }
-        });
-    rx
 }
 
 fn signal_name(signal: i32) -> &'static str {

@@ -10,6 +10,7 @@ pub mod cli;
 mod histogram;
 pub mod http;
 mod log_queue;
+mod log_text;
 mod logging;
 pub mod metrics;
 pub mod server;

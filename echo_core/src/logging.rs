@@ -5,21 +5,25 @@
 //!   `target:` columns are off and [`format_line`] supplies the level and name columns. A
 //!   record's key-value fields follow the message as ` key=value`, except those the message
 //!   already shows ([`IN_MESSAGE`]).
-//! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`,
-//!   escaped by serde_json.
+//! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`;
+//!   each string escaped as in a text line, then by serde_json (so a value read back is the
+//!   text line's).
 //!
 //! No line is ever torn or interleaved: each goes out whole in one `write` of at most
-//! [`MAX_LINE`] bytes, which a pipe (every container's stdout) keeps whole among any number
+//! `MAX_LINE` bytes, which a pipe (every container's stdout) keeps whole among any number
 //! of writers; a longer line has its longest part cut in the middle, the cut's length noted.
-//! Nothing a client sends can start a new line: text lines escape control characters, JSON
-//! escapes them by its rules. Lines are formatted into a per-thread buffer and written
-//! outside any lock: holding a lock across that system call made every connection thread
-//! queue behind it. The service name is the first segment of the record's target.
+//! Nothing a client sends can start a new line or forge a field: `log_text::escape` (the
+//! one place that does it) writes every character but printable ASCII as an escape (`\n`,
+//! `\u{3000}`, `\\`, …) in the message and every field of both formats, for every line (the
+//! access line of an accepted or a rejected request alike). The service name is the first
+//! segment of the record's target.
 //!
-//! A line goes to stdout through one writer thread (`log_queue`): no connection thread ever
-//! waits for stdout, a file's lock or a pipe's reader.
+//! Each thread formats its line into a buffer of its own; the line goes to stdout through
+//! one writer thread (`log_queue`): a connection thread only appends it to the queue, and
+//! never waits for stdout, a file's lock or a pipe's reader. Lines the queue has no room
+//! for are counted, and the count is always written (see `log_queue`); the stop's last line
+//! gives the total ([`dropped_total`]).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
@@ -27,6 +31,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
@@ -34,20 +39,29 @@ use serde_json::{Map, Value as Json};
 use simplelog::{format_description, ConfigBuilder, WriteLogger};
 
 use crate::log_queue::Queue;
+use crate::log_text::{cut_middle, escape, MAX_LINE};
 
-/// The lines waiting for stdout, and the thread that writes them (one per process).
-static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
+/// The process's logger, with the lines waiting for stdout and the thread that writes them.
+static LOGGER: OnceLock<LineLogger> = OnceLock::new();
 
-/// Waits until every line logged so far is written (at most 2 s): before the process exits.
-pub(crate) fn flush() {
-    if let Some(queue) = QUEUE.get() {
-        queue.flush();
-    }
+/// Reports any count of dropped lines not written yet, then waits (at most `limit`) until
+/// every line logged so far is written: before the stop's last line, and before the process
+/// exits. Returns how many lines stdout had not taken by then.
+pub(crate) fn flush(name: &str, limit: Duration) -> usize {
+    LOGGER.get().map_or(0, |logger| {
+        logger
+            .queue
+            .flush(limit, |n, total| logger.report(name, n, total))
+    })
 }
 
-/// The longest line written, its newline included: `PIPE_BUF` on Linux, the most one `write`
-/// to a pipe delivers without interleaving it with another writer's.
-pub const MAX_LINE: usize = 4096;
+/// Log lines dropped since the start (the queue for stdout was full): the stop's last line
+/// says how many.
+pub(crate) fn dropped_total() -> u64 {
+    LOGGER
+        .get()
+        .map_or(0, |logger| logger.queue.dropped_total())
+}
 
 /// The fields a text line's message already shows: not appended again.
 pub const IN_MESSAGE: [&str; 9] = [
@@ -112,72 +126,25 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .try_clone_to_owned()
         .ok()
         .map(File::from);
-    let queue = QUEUE.get_or_init(|| Queue::start(out));
-    let logger = LineLogger {
+    let logger = LOGGER.get_or_init(|| LineLogger {
         config,
         format,
         level,
-        queue: Arc::clone(queue),
-    };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        queue: Queue::start(out),
+    });
+    if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
 }
 
-/// Everything after the time of a text line: `LEVEL name message`, with control characters
-/// escaped so that nothing a client sends can end the line early or forge another one.
+/// Everything after the time of a text line: `LEVEL name message`, all but printable ASCII
+/// escaped, so that nothing a client sends can end the line early or forge a field.
 pub(crate) fn format_line(level: log::Level, target: &str, message: &str) -> String {
     format!("{level} {} {}", escape(service(target)), escape(message))
 }
 
 fn service(target: &str) -> &str {
     target.split("::").next().unwrap_or(target)
-}
-
-/// Escapes control characters (and the Unicode line and paragraph separators) as `\n`,
-/// `\u{1b}`, …; borrows when there is nothing to escape, which is the common case.
-pub(crate) fn escape(s: &str) -> Cow<'_, str> {
-    let needs = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
-    if !s.chars().any(needs) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if needs(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// `s` at most `max` bytes long: if longer, its middle is replaced by `…[N bytes cut]…`, so
-/// both ends (a request id at the end of a line, say) stay.
-pub(crate) fn cut_middle(s: &str, max: usize) -> Cow<'_, str> {
-    if s.len() <= max {
-        return Cow::Borrowed(s);
-    }
-    let room = |cut: usize| max.saturating_sub(format!("…[{cut} bytes cut]…").len());
-    let keep = room(s.len());
-    let head = floor_char(s, keep * 3 / 4);
-    let tail = ceil_char(s, s.len() - (keep - head));
-    let note = format!("…[{} bytes cut]…", tail - head);
-    Cow::Owned(format!("{}{note}{}", &s[..head], &s[tail..]))
-}
-
-fn floor_char(s: &str, mut i: usize) -> usize {
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_char(s: &str, mut i: usize) -> usize {
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    i
 }
 
 thread_local! {
@@ -201,7 +168,7 @@ impl Write for ThreadBuffer {
     }
 }
 
-/// The process's logger: formats a record in the chosen format, writes it in one `write`.
+/// The process's logger: formats a record in the chosen format, queues it for stdout.
 struct LineLogger {
     /// simplelog's settings; each thread formats with a `WriteLogger` of its own, whose lock
     /// no other thread ever waits for.
@@ -211,10 +178,32 @@ struct LineLogger {
     queue: Arc<Queue>,
 }
 
+/// What a report of dropped lines says after its count (the tests read the start).
+const DROPPED: &str = "log lines dropped: more than 1 MiB of lines waited for stdout (its reader is behind; requests are never held for it)";
+
 /// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
 const TEXT_OVERHEAD: usize = 21;
 
 impl LineLogger {
+    /// The record as one line in the chosen format.
+    fn line(&self, record: &Record<'_>) -> Vec<u8> {
+        match self.format {
+            LogFormat::Text => self.text_line(record),
+            LogFormat::Json => self.json_line(record),
+        }
+    }
+
+    /// The line reporting `n` dropped lines, `total` since the start.
+    fn report(&self, target: &str, n: u64, total: u64) -> Vec<u8> {
+        self.line(
+            &Record::builder()
+                .args(format_args!("{n} {DROPPED}; {total} since the start"))
+                .level(log::Level::Warn)
+                .target(target)
+                .build(),
+        )
+    }
+
     fn text_line(&self, record: &Record<'_>) -> Vec<u8> {
         let mut message = record.args().to_string();
         let _ = record.key_values().visit(&mut Appended(&mut message));
@@ -243,8 +232,8 @@ impl LineLogger {
             .unwrap_or_default();
         fields.insert("time".into(), Json::String(time));
         fields.insert("level".into(), Json::String(record.level().to_string()));
-        fields.insert("service".into(), service(record.target()).into());
-        fields.insert("message".into(), record.args().to_string().into());
+        fields.insert("service".into(), escape(service(record.target())).into());
+        fields.insert("message".into(), escape(&record.args().to_string()).into());
         let _ = record.key_values().visit(&mut Collected(&mut fields));
         json_within(fields, MAX_LINE - 1)
     }
@@ -303,7 +292,7 @@ impl<'kvs> VisitSource<'kvs> for Collected<'_> {
         } else if let Some(b) = value.to_bool() {
             Json::Bool(b)
         } else {
-            Json::String(value.to_string())
+            Json::String(escape(&value.to_string()).into_owned())
         };
         self.0.insert(key.as_str().to_string(), json);
         Ok(())
@@ -319,14 +308,10 @@ impl Log for LineLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let bytes = match self.format {
-            LogFormat::Text => self.text_line(record),
-            LogFormat::Json => self.json_line(record),
-        };
-        // A whole line of at most MAX_LINE bytes, written by the writer thread.
-        if let Ok(dropped @ 1..) = self.queue.push(&bytes) {
-            log::warn!(target: record.target(), "{dropped} log lines dropped: more than 1 MiB of lines waited for stdout (its reader is behind; requests are never held for it)");
-        }
+        let line = self.line(record);
+        // Queued whole; the count of lines dropped before it goes in first, if any.
+        self.queue
+            .push(&line, |n, total| self.report(record.target(), n, total));
     }
 
     fn flush(&self) {}
@@ -375,26 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_cannot_start_a_line() {
-        let forged = "hi\n2024-01-01 00:00:00 INFO service_a forged\r\u{1b}[31m\u{85}\u{2028}\t";
-        let line = format_line(Level::Info, "service_a", forged);
-        assert!(
-            !line.chars().any(|c| c.is_control() || c == '\u{2028}'),
-            "{line}"
-        );
-        assert!(line.contains(r"hi\n2024"));
-        assert!(line.contains(r"\u{1b}[31m"));
-        assert_eq!(escape("plain é 😀 \\n"), Cow::Borrowed("plain é 😀 \\n"));
-    }
-
-    #[test]
-    fn long_lines_are_cut_in_the_middle_with_the_cut_noted() {
-        let long = format!("GET /{} 200 1.00ms request_id=end", "é".repeat(5000));
-        let cut = cut_middle(&long, 4000);
-        assert!(cut.len() <= 4000, "{}", cut.len());
-        assert!(cut.starts_with("GET /é") && cut.ends_with("request_id=end"));
-        assert!(cut.contains(" bytes cut]…"), "{cut}");
-        assert_eq!(cut_middle("short", 10), Cow::Borrowed("short"));
+    fn long_json_lines_are_cut_in_their_longest_value() {
         let mut fields = Map::new();
         fields.insert("message".into(), Json::String("\n".repeat(10_000)));
         fields.insert("request_id".into(), Json::String("id".into()));

@@ -23,7 +23,7 @@ use crate::http::Response;
 struct RequestLabels {
     method: &'static str,
     route: &'static str,
-    status: u16,
+    status: &'static str,
 }
 
 /// Labels of `http_request_duration_seconds`.
@@ -42,7 +42,8 @@ pub fn latency_histogram() -> AtomicHistogram {
 }
 
 /// One service's metrics. Label values are bounded: a route is one of the service's routes
-/// or `other`, a method one of the standard ones or `OTHER`, so no client can grow them.
+/// or `other`, a method one of the standard ones or `OTHER`, a status one of
+/// [`OWN_STATUSES`] or its class (`4xx`), so no client can grow them.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -98,7 +99,7 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 method,
                 route,
-                status,
+                status: status_label(status),
             })
             .inc();
         self.duration
@@ -160,6 +161,33 @@ fn text_format(openmetrics: &str) -> String {
     text
 }
 
+/// The statuses the services and their HTTP core answer by themselves, each its own label
+/// value. Any other (A's `?status=` and `--fail-status` may ask for any from 200 to 599) is
+/// counted under its class, `2xx` to `5xx`: 16 + 4 values at most, where A's parameter made
+/// up to 400 per method and route.
+pub const OWN_STATUSES: [u16; 16] = [
+    200, 204, 400, 404, 405, 408, 413, 414, 417, 429, 431, 500, 502, 503, 504, 505,
+];
+
+/// The `status` label of `status`: itself if one of [`OWN_STATUSES`], else its class.
+fn status_label(status: u16) -> &'static str {
+    const OWN: [&str; 16] = [
+        "200", "204", "400", "404", "405", "408", "413", "414", "417", "429", "431", "500", "502",
+        "503", "504", "505",
+    ];
+    match OWN_STATUSES.iter().position(|s| *s == status) {
+        Some(i) => OWN[i],
+        None => match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "other",
+        },
+    }
+}
+
 fn known_method(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
@@ -194,5 +222,29 @@ mod tests {
         assert!(text.contains("# TYPE http_requests_total counter\n"));
         assert!(text.contains("# TYPE http_request_duration_seconds histogram\n"));
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_status_no_service_answers_by_itself_is_counted_under_its_class() {
+        let metrics = Metrics::new();
+        for status in 200..=599 {
+            metrics.observe("GET", Some("/echo"), status, 0.001);
+        }
+        let text = metrics.render().body;
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total{"))
+            .count();
+        assert_eq!(series, OWN_STATUSES.len() + 4, "{text}");
+        for (label, n) in [
+            ("503", 1),
+            ("429", 1),
+            ("2xx", 98),
+            ("3xx", 100),
+            ("5xx", 95),
+        ] {
+            let sample = format!(r#"{{method="GET",route="/echo",status="{label}"}} {n}"#);
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
     }
 }

@@ -1,10 +1,17 @@
-//! W3C Trace Context (the `traceparent` and `tracestate` headers, W3C Recommendation): a
-//! request continues its caller's trace with a span of its own, or starts a trace, so one
-//! `trace_id` follows a call from the client through B to A in every log line. An invalid
-//! `traceparent` is replaced by a new trace, as an invalid request id is, and its
-//! `tracestate` goes with it.
+//! W3C Trace Context (the `traceparent` and `tracestate` headers, W3C Recommendation, as its
+//! test suite checks them): a request continues its caller's trace with a span of its own,
+//! or starts a trace, so one `trace_id` follows a call from the client through B to A in
+//! every log line. An invalid `traceparent` (or two of them) is replaced by a new trace, as
+//! an invalid request id is, and its `tracestate` goes with it. Only the flag this version
+//! defines (sampled) is passed on; a `tracestate` is passed on only if every list member is
+//! valid and there are at most 32 (else it is dropped, the trace kept).
 
-use std::fmt;
+/// The flags defined for version `00`: bit 0, sampled. Others are zeroed when passed on.
+const KNOWN_FLAGS: u8 = 0x01;
+/// The most list members a `tracestate` may have.
+const MAX_STATE_MEMBERS: usize = 32;
+/// The longest `tracestate` passed on (the length every vendor must propagate).
+const MAX_STATE_BYTES: usize = 512;
 
 /// The trace a request belongs to and this service's span in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +20,10 @@ pub struct Trace {
     pub trace_id: String,
     /// This service's span for the request: 16 lower-case hex digits, never all zero.
     pub span_id: String,
-    /// The caller's span (the `parent-id` received), when the trace was continued.
-    pub parent_id: Option<String>,
-    /// `trace-flags` as received (bit 0: sampled); `01` for a trace started here.
+    /// `trace-flags` as received with the unknown bits zeroed (bit 0: sampled); `01` for a
+    /// trace started here.
     pub flags: u8,
-    /// The caller's `tracestate`, passed on unchanged.
+    /// The caller's `tracestate`, validated, without optional whitespace and empty members.
     pub state: Option<String>,
 }
 
@@ -27,24 +33,20 @@ impl Trace {
         Trace {
             trace_id: hex_id(16),
             span_id: hex_id(8),
-            parent_id: None,
             flags: 0x01,
             state: None,
         }
     }
 
-    /// Continues the caller's trace when `traceparent` is valid (with `tracestate` as
-    /// received), else starts one.
+    /// Continues the caller's trace when `traceparent` is valid (with `tracestate` if it is
+    /// valid), else starts one.
     pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Trace {
         match traceparent.and_then(parse_traceparent) {
-            Some((trace_id, parent_id, flags)) => Trace {
+            Some((trace_id, flags)) => Trace {
                 trace_id: trace_id.to_string(),
                 span_id: hex_id(8),
-                parent_id: Some(parent_id.to_string()),
-                flags,
-                state: tracestate
-                    .filter(|s| !s.is_empty() && s.len() <= 512)
-                    .map(str::to_string),
+                flags: flags & KNOWN_FLAGS,
+                state: tracestate.and_then(parse_tracestate),
             },
             None => Trace::start(),
         }
@@ -56,17 +58,54 @@ impl Trace {
     }
 }
 
-impl fmt::Display for Trace {
-    /// The log fields: `trace_id=… span_id=…`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "trace_id={} span_id={}", self.trace_id, self.span_id)
+/// A `tracestate` (its fields joined by commas) as list members `key=value` joined by commas,
+/// or `None` if a member is invalid, there are more than [`MAX_STATE_MEMBERS`], none, or the
+/// result is longer than [`MAX_STATE_BYTES`]. Empty members and the whitespace around members
+/// go; of a key sent twice the first member is kept (both are allowed).
+fn parse_tracestate(value: &str) -> Option<String> {
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    for member in value.split(',').map(|m| m.trim_matches([' ', '\t'])) {
+        if member.is_empty() {
+            continue;
+        }
+        let (key, value) = member.split_once('=')?;
+        if !state_key(key) || !state_value(value) {
+            return None;
+        }
+        if !members.iter().any(|(k, _)| *k == key) {
+            members.push((key, value));
+        }
+    }
+    if members.is_empty() || members.len() > MAX_STATE_MEMBERS {
+        return None;
+    }
+    let state: Vec<String> = members.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Some(state.join(",")).filter(|s| s.len() <= MAX_STATE_BYTES)
+}
+
+/// A list member's key: 1 to 256 characters, the first `a-z` or `0-9`, then those or
+/// `_ - * / @` (the test suite's rule; it takes `t@v` and `foo@@bar` alike).
+fn state_key(key: &str) -> bool {
+    let lower_or_digit = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    match key.as_bytes() {
+        [first, rest @ ..] if rest.len() < 256 && lower_or_digit(*first) => rest
+            .iter()
+            .all(|&b| lower_or_digit(b) || b"_-*/@".contains(&b)),
+        _ => false,
     }
 }
 
-/// `version-traceid-parentid-flags`: lower-case hex only; version `ff` is invalid; version
-/// `00` is exactly 55 characters; a later version may add fields after a `-`; the trace id
-/// and parent id must not be all zeros.
-fn parse_traceparent(value: &str) -> Option<(&str, &str, u8)> {
+/// A list member's value: 1 to 256 printable ASCII characters but `,` and `=`, not ending in
+/// a space.
+fn state_value(value: &str) -> bool {
+    let allowed = |b: &u8| (b' '..=b'~').contains(b) && *b != b',' && *b != b'=';
+    (1..=256).contains(&value.len()) && value.bytes().all(|b| allowed(&b)) && !value.ends_with(' ')
+}
+
+/// `version-traceid-parentid-flags` as its trace id and flags: lower-case hex only; version
+/// `ff` is invalid; version `00` is exactly 55 characters; a later version may add fields
+/// after a `-`; the trace id and parent id must not be all zeros.
+fn parse_traceparent(value: &str) -> Option<(&str, u8)> {
     let value = value.trim_matches([' ', '\t']);
     let lower_hex = |s: &str, n: usize| {
         s.len() == n
@@ -96,7 +135,7 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str, u8)> {
     if !nonzero(trace_id) || !nonzero(parent_id) {
         return None;
     }
-    Some((trace_id, parent_id, u8::from_str_radix(flags, 16).ok()?))
+    Some((trace_id, u8::from_str_radix(flags, 16).ok()?))
 }
 
 /// `bytes` random bytes as lower-case hex, never all zero.
@@ -122,7 +161,6 @@ mod tests {
     fn a_valid_traceparent_is_continued_with_a_new_span() {
         let t = Trace::from_headers(Some(EXAMPLE), Some("congo=t61rcWkgMzE"));
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_ne!(t.span_id, "00f067aa0ba902b7");
         assert_eq!(
             (t.flags, t.state.as_deref()),
@@ -158,9 +196,11 @@ mod tests {
         ];
         for value in invalid {
             let t = Trace::from_headers(Some(value), Some("congo=t61rcWkgMzE"));
-            assert_eq!(t.parent_id, None, "{value:?} accepted");
+            assert_ne!(
+                t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{value:?} accepted"
+            );
             assert_eq!(t.state, None, "{value:?} kept its tracestate");
-            assert_ne!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         }
     }
 
@@ -171,5 +211,84 @@ mod tests {
             assert_eq!((t.trace_id.len(), t.span_id.len()), (32, 16));
             assert!(parse_traceparent(&t.child_traceparent()).is_some());
         }
+    }
+
+    #[test]
+    fn unknown_flags_are_zeroed_for_version_00_and_later() {
+        let flags = |f: &str| {
+            let tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{f}");
+            Trace::from_headers(Some(&tp), None).child_traceparent()[53..].to_string()
+        };
+        assert_eq!(
+            (flags("ff"), flags("fe"), flags("03")),
+            ("01".into(), "00".into(), "01".into())
+        );
+        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-more";
+        assert!(Trace::from_headers(Some(later), None)
+            .child_traceparent()
+            .ends_with("-01"));
+    }
+
+    #[test]
+    fn tracestate_is_validated_and_bounded() {
+        let state = |s: &str| Trace::from_headers(Some(EXAMPLE), Some(s)).state;
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            state("foo=1 \t , \t bar=2,,\tbaz=3 "),
+            some("foo=1,bar=2,baz=3")
+        );
+        assert_eq!(
+            state(",foo=1"),
+            some("foo=1"),
+            "an empty field is no member"
+        );
+        assert_eq!(state("foo=1,foo=2"), some("foo=1"));
+        let all_key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/@a-z0-9_-*/";
+        let all_value: String = (b' '..=b'~')
+            .filter(|b| *b != b',' && *b != b'=')
+            .map(char::from)
+            .collect();
+        let all = format!("{all_key}={}", all_value.trim_start());
+        assert_eq!(state(&all), some(&all));
+        for key in [
+            "foo@=1",
+            "foo@@bar=1",
+            "t@vvvvvvvvvvvvvvv=1",
+            &format!("{}=1", "z".repeat(256)),
+        ] {
+            assert_eq!(
+                state(&format!("bar=2,{key}")),
+                some(&format!("bar=2,{key}")),
+                "{key}"
+            );
+        }
+        let members = |n: usize| {
+            (1..=n)
+                .map(|i| format!("b{i:02}={i:02}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(state(&members(32)), some(&members(32)));
+        let invalid = [
+            "",
+            " , ",
+            "foo =1",
+            "FOO=1",
+            "foo.bar=1",
+            "@foo=1,bar=2",
+            "foo=bar=baz",
+            "foo=,bar=3",
+            "foo",
+            "foo=1,\u{3000}=2",
+            &format!("{}=1", "z".repeat(257)),
+            &members(33),
+            &members(60),
+            &format!("a={}", "v".repeat(257)),
+        ];
+        for s in invalid {
+            assert_eq!(state(s), None, "{s:?}");
+        }
+        // No traceparent, no tracestate.
+        assert_eq!(Trace::from_headers(None, Some("foo=1")).state, None);
     }
 }

@@ -73,10 +73,15 @@ pub(crate) fn serve(listener: TcpListener, faults: Arc<LiveFaults>) -> io::Resul
         log::warn!(target: "service_a", "the admin listener {addr} is not on loopback: whoever reaches it can slow or fail this service");
     }
     let admin = Admin::new(faults);
+    let options = echo_core::server::Options {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        workers: 1,
+        max_blocked: 0,
+    };
     let server = echo_core::serve(
         "service_a",
         listener,
-        ADMIN_MAX_CONNECTIONS,
+        options,
         Arc::new(Metrics::new()),
         move |req| admin.handle(req),
     )?;

@@ -45,6 +45,9 @@ pub struct Config {
     /// Open connections at most, beyond which a new one gets 503. Default: what the
     /// open-file limit allows (see [`echo_core::server::default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Workers that never block. Default: the CPUs the process may use (see
+    /// [`echo_core::server::default_workers`]).
+    pub workers: Option<usize>,
     /// Log level. Default `info`.
     pub log_level: LevelFilter,
     /// Log line format. Default `text`.
@@ -67,6 +70,7 @@ impl Default for Config {
             seed: None,
             max_delay_ms: 10_000,
             max_connections: None,
+            workers: None,
             log_level: LevelFilter::Info,
             log_format: echo_core::LogFormat::Text,
             drain_ms: 5000,
@@ -212,17 +216,22 @@ pub fn start(mut config: Config) -> io::Result<Servers> {
     let max_connections = *config
         .max_connections
         .get_or_insert_with(|| echo_core::server::default_max_connections(1));
+    let workers = *config
+        .workers
+        .get_or_insert_with(echo_core::server::default_workers);
     log::info!(target: "service_a", "{}", echo_core::cli::config_line(&config));
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
     let faults = service.faults();
-    let main = echo_core::serve(
-        "service_a",
-        listener,
+    // A's handlers never block (a delay is the timer's): no worker beyond `workers`.
+    let options = echo_core::server::Options {
         max_connections,
-        metrics,
-        move |req| service.handle(req),
-    )?;
+        workers,
+        max_blocked: 0,
+    };
+    let main = echo_core::serve("service_a", listener, options, metrics, move |req| {
+        service.handle(req)
+    })?;
     let admin = match admin_listener {
         Some(listener) => Some(admin::serve(listener, faults)?),
         None => None,

@@ -42,6 +42,10 @@ struct Cli {
     #[arg(long, env = "SERVICE_A_MAX_CONNECTIONS",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Workers that never block (1 to 1024) [default: the CPUs this process may use].
+    #[arg(long, env = "SERVICE_A_WORKERS",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: Option<u64>,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value_t = Config::default().log_level,
           value_parser = echo_core::cli::parse_level)]
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         seed: cli.seed,
         max_delay_ms: cli.max_delay_ms,
         max_connections: cli.max_connections.map(|n| n as usize),
+        workers: cli.workers.map(|n| n as usize),
         log_level: cli.log_level,
         log_format: cli.log_format,
         drain_ms: cli.drain_ms,

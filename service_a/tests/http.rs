@@ -130,3 +130,34 @@ fn pipelined_requests_with_delays_are_answered_in_order() {
         json!({"echo": "after"})
     );
 }
+
+/// Every status `?status=` may ask for (200 to 599) once: A's `status` label takes only the
+/// statuses A answers by itself and the four classes, not one series per status asked.
+#[test]
+fn asked_statuses_make_a_bounded_number_of_series() {
+    let a = start();
+    for status in 200..=599 {
+        let r = get(a.addr(), &format!("/echo?msg=x&status={status}"));
+        assert_eq!(r.status, status);
+    }
+    let metrics = String::from_utf8_lossy(&get(a.addr(), "/metrics").body).into_owned();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"http_requests_total{method="GET",route="/echo","#))
+        .collect();
+    assert_eq!(
+        series.len(),
+        echo_core::metrics::OWN_STATUSES.len() + 4,
+        "{series:#?}"
+    );
+    for sample in [
+        r#"status="2xx"} 98"#,
+        r#"status="3xx"} 100"#,
+        r#"status="429"} 1"#,
+    ] {
+        assert!(
+            series.iter().any(|l| l.ends_with(sample)),
+            "{sample} in {series:#?}"
+        );
+    }
+}

@@ -81,6 +81,10 @@ pub struct Config {
     /// open-file limit allows at two descriptors a connection (one to the client, one to A;
     /// see [`echo_core::server::default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Workers that never block. Default: the CPUs the process may use (see
+    /// [`echo_core::server::default_workers`]). A call to A blocks its worker; another one
+    /// serves meanwhile, up to `max_inflight` more.
+    pub workers: Option<usize>,
     /// Log level. Default `info`.
     pub log_level: LevelFilter,
     /// Log line format. Default `text`.
@@ -104,6 +108,7 @@ impl Default for Config {
             retry_budget_percent: 20,
             drain_ms: 5000,
             max_connections: None,
+            workers: None,
             log_level: LevelFilter::Info,
             log_format: echo_core::LogFormat::Text,
         }
@@ -311,6 +316,14 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     let max_connections = *config
         .max_connections
         .get_or_insert_with(|| echo_core::server::default_max_connections(2));
+    let workers = *config
+        .workers
+        .get_or_insert_with(echo_core::server::default_workers);
+    let options = echo_core::server::Options {
+        max_connections,
+        workers,
+        max_blocked: config.max_inflight,
+    };
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
     log::info!(target: "service_b", "{} replicas={}", echo_core::cli::config_line(&config), replicas.describe());
@@ -319,13 +332,9 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
         Duration::from_millis(config.resolve_every_ms.max(1)),
     );
     let metrics = Arc::clone(&service.metrics);
-    echo_core::serve(
-        "service_b",
-        listener,
-        max_connections,
-        metrics,
-        move |req| service.handle(req),
-    )
+    echo_core::serve("service_b", listener, options, metrics, move |req| {
+        service.handle(req)
+    })
 }
 
 #[cfg(test)]

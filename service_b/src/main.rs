@@ -85,6 +85,10 @@ struct Cli {
     /// connection), at most 10000].
     #[arg(long, env = "SERVICE_B_MAX_CONNECTIONS", value_parser = bounded!(1, 1_000_000))]
     max_connections: Option<u64>,
+    /// Workers that never block (1 to 1024); a call to A blocks its worker and another
+    /// takes over, up to --max-inflight more [default: the CPUs this process may use].
+    #[arg(long, env = "SERVICE_B_WORKERS", value_parser = bounded!(1, 1024))]
+    workers: Option<u64>,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_B_LOG_LEVEL", default_value_t = Config::default().log_level,
           value_parser = echo_core::cli::parse_level)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         retry_budget_percent: cli.retry_budget_percent,
         drain_ms: cli.drain_ms,
         max_connections: cli.max_connections.map(|n| n as usize),
+        workers: cli.workers.map(|n| n as usize),
         log_level: cli.log_level,
         log_format: cli.log_format,
     };

@@ -292,3 +292,31 @@ fn idle_connections_do_not_starve_either_service() {
         (200, serde_json::json!("after"))
     );
 }
+
+/// Ten thousand idle keep-alive connections cost A no thread each: it holds them with its
+/// workers and at most four threads more (the main thread, which waits for the signals, the
+/// accept loop, the timer and the log writer), in under 64 MB.
+#[test]
+fn ten_thousand_idle_keep_alive_connections_cost_no_thread() {
+    raise_own_fd_limit();
+    let a = Running::start("service_a", &["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let mut s = TcpStream::connect(a.addr).expect("connect");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write");
+        idle.push(s);
+    }
+    // Each was answered (so each is surely registered and idle), then kept alive.
+    for s in &mut idle {
+        let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+        let status = echo_tests::read_reply(&mut reader).map(|r| r.status);
+        assert_eq!(status.map_err(|e| e.to_string()), Ok(200));
+    }
+    let (threads, rss) = (a.threads(), a.rss_kib());
+    eprintln!("10,000 idle keep-alive connections: A {threads} threads, {rss} KiB RSS");
+    assert!(threads <= 2 + 4, "{threads} threads");
+    assert!(rss < 64 * 1024, "{rss} KiB");
+    assert_eq!(get(a.addr, "/health").status, 200);
+    drop(idle);
+}

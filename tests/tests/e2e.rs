@@ -80,9 +80,8 @@ fn every_log_line_has_the_original_format() {
             lines[1].rsplit("http://").next().unwrap_or("")
         )));
         assert!(
-            lines
-                .iter()
-                .any(|l| l.ends_with(" stopped: every accepted request was answered")),
+            lines.iter().any(|l| l
+                .ends_with(" stopped: every accepted request was answered log_lines_dropped=0")),
             "{lines:#?}"
         );
         assert!(
@@ -234,7 +233,8 @@ fn sigterm_lets_the_in_flight_request_finish() {
     assert!(
         lines
             .last()
-            .is_some_and(|l| l.ends_with(" stopped: every accepted request was answered")),
+            .is_some_and(|l| l
+                .ends_with(" stopped: every accepted request was answered log_lines_dropped=0")),
         "{lines:#?}"
     );
     let served_late = lines.iter().any(|l| l.contains("request_id=late-probe"));

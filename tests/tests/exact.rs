@@ -67,9 +67,18 @@ fn long_log_lines_are_never_torn_on_a_pipe() {
     // The kit reads each service's stdout through a pipe, as a container runtime does.
     let a = start_a(&[]);
     let a_url = format!("http://{}", a.addr);
+    // The subject is the lines, not the latency: a deadline far beyond the load's so that
+    // a machine busy with other tests cannot turn slow calls into 503s.
     let b = Running::start(
         "service_b",
-        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--service-a-url",
+            &a_url,
+            "--timeout-ms",
+            "20000",
+        ],
     );
     let msg = "m".repeat(8100);
     let addr = b.addr;
@@ -380,4 +389,245 @@ fn a_log_reader_that_falls_behind_holds_up_no_request() {
     let dropped = dropped.expect("no line said how many were dropped");
     println!("{dropped} of 12,000 access lines dropped while nobody read");
     assert!(dropped > 1000, "{dropped}");
+}
+
+/// The access line of `raw` (a request A rejects or serves) in A's log, for `format`.
+fn logged_line(format: &str, raw: &[u8], needle: &str) -> String {
+    let mut a = start_a(&["--log-format", format]);
+    let reply = exchange(a.addr, raw, WAIT);
+    assert!(!reply.text().is_empty(), "no answer");
+    a.wait_for(needle, WAIT)
+}
+
+/// The attack: a request line whose target carries U+3000 (a Unicode space) before each
+/// forged field. Its access line (400) and that of a method with one showed
+/// `GET /x request_id=forged status=200 400 …` to any reader splitting on whitespace.
+#[test]
+fn a_unicode_space_forges_no_log_field() {
+    let forged = "/x\u{3000}request_id=forged\u{3000}status=200\u{a0}\u{2028}\u{85}";
+    let attacks = [
+        format!("GET {forged} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        "G\u{3000}status=200 /echo HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
+    ];
+    for raw in &attacks {
+        let line = logged_line("text", raw.as_bytes(), " 400 ");
+        assert!(line.bytes().all(|b| (b' '..=b'~').contains(&b)), "{line}");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ids = words
+            .iter()
+            .filter(|w| w.starts_with("request_id="))
+            .count();
+        assert_eq!(ids, 1, "{line}");
+        assert!(!words.contains(&"status=200"), "{line}");
+        assert!(line.contains(r"\u{3000}status=200"), "{line}");
+        let json = logged_line("json", raw.as_bytes(), r#""status":400"#);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("a JSON line");
+        for key in ["message", "method", "path"] {
+            let text = v[key].as_str().expect("the field");
+            assert!(
+                text.bytes().all(|b| (b' '..=b'~').contains(&b)),
+                "{key}: {json}"
+            );
+            assert!(
+                !text.split_whitespace().any(|w| w == "status=200"),
+                "{json}"
+            );
+        }
+        assert_eq!(
+            v["message"].as_str().map(|m| m.split(' ').count()),
+            Some(4),
+            "{json}"
+        );
+    }
+}
+
+/// A field the handler is given, sent twice, is not believed (which one the sender meant is
+/// unknown): `X-Request-Timeout-Ms` is then absent (A, delaying 300 ms, refused at once with
+/// 504 when the first said 10 ms, whatever the second said), `X-Request-Id` is replaced.
+#[test]
+fn a_deadline_or_an_id_sent_twice_is_not_believed() {
+    let a = start_a(&["--delay-ms", "300"]);
+    let once = get_with(a.addr, "/echo?msg=x", "X-Request-Timeout-Ms: 10\r\n");
+    assert_eq!(once.status, 504, "the header is read when sent once");
+    let twice = "X-Request-Timeout-Ms: 10\r\nX-Request-Timeout-Ms: 5000\r\n";
+    assert_eq!(get_with(a.addr, "/echo?msg=x", twice).status, 200);
+    let twice = "X-Request-Timeout-Ms: 5000\r\nx-request-timeout-ms: 10\r\n";
+    assert_eq!(get_with(a.addr, "/echo?msg=x", twice).status, 200);
+    let once = get_with(a.addr, "/health", "X-Request-Id: one\r\n");
+    assert_eq!(once.header("X-Request-Id"), Some("one"));
+    let twice = get_with(
+        a.addr,
+        "/health",
+        "X-Request-Id: one\r\nX-Request-Id: two\r\n",
+    );
+    let id = twice.header("X-Request-Id").unwrap_or("");
+    assert!(id.len() == 16 && id != "one" && id != "two", "{id}");
+}
+
+/// A started with its stdout piped to the test and its stderr kept, once it listens: the
+/// process, its unread stdout (past the `listening on` line) and its address.
+fn a_with_stdout_unread() -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    SocketAddr,
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = service_command("service_a")
+        .args(["--listen", "127.0.0.1:0", "--drain-ms", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn A");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("listening on http://") {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("read") > 0, "A exited");
+    }
+    let addr: SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("address");
+    (child, out, addr)
+}
+
+/// 8 keep-alive clients send 9,000 requests to `addr`, each answered before the next: access
+/// lines of 130 to 750 bytes (an echo, or a 404 for a path of up to 600 bytes).
+fn nine_thousand_requests(addr: SocketAddr) -> u64 {
+    let (clients, each) = (8usize, 1125usize);
+    let senders: Vec<_> = (0..clients)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut conn = TcpStream::connect(addr).expect("connect");
+                conn.set_read_timeout(Some(WAIT)).expect("timeout");
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                for i in 0..each {
+                    let path = match i % 2 {
+                        0 => format!("/echo?msg=c{c}-{i}"),
+                        _ => format!("/{}", "p".repeat((i * 7 + c * 131) % 600)),
+                    };
+                    let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+                    conn.write_all(raw.as_bytes()).expect("send");
+                    let reply = echo_tests::read_reply(&mut reader).expect("an answer");
+                    assert!(reply.status == 200 || reply.status == 404, "{path}");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("a client");
+    }
+    (clients * each) as u64
+}
+
+/// SIGTERM to `child`; its exit code once it exits.
+fn sigterm_and_wait(child: &mut std::process::Child) -> Option<i32> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    child.wait().expect("exit").code()
+}
+
+/// A's report of dropped lines: its count.
+fn report_regex() -> Regex {
+    Regex::new(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARN service_a (\d+) log lines dropped: ")
+        .expect("regex")
+}
+
+/// Nobody reads A's stdout while 8 clients send 9,000 requests (access lines of 130 to 750
+/// bytes); then stdout is read to the end of a SIGTERM stop. Every line is written or
+/// counted: the counts the reports give and the lines written add up to the lines logged,
+/// and the stop's last line gives the total. (On the code before, the count was carried by
+/// a line that could be dropped itself, and lost when no line came after the drops.)
+#[test]
+fn the_log_s_drop_count_is_exact() {
+    use std::io::BufRead;
+    let (mut child, out, addr) = a_with_stdout_unread();
+    let requests = nine_thousand_requests(addr);
+    // Read to the end, then stop A: every line it can still write arrives.
+    let reader = thread::spawn(move || out.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let code = sigterm_and_wait(&mut child);
+    let lines = reader.join().expect("the reader");
+    assert_eq!(
+        code,
+        Some(0),
+        "{:#?}",
+        &lines[lines.len().saturating_sub(5)..]
+    );
+    let report = report_regex();
+    let access = Regex::new(r" INFO service_a GET /\S* (200|404) ").expect("regex");
+    let written = lines.iter().filter(|l| access.is_match(l)).count() as u64;
+    let counted: u64 = lines
+        .iter()
+        .filter_map(|l| report.captures(l)?[1].parse::<u64>().ok())
+        .sum();
+    println!("{written} access lines written, {counted} lines counted as dropped, of 9,000");
+    // Every line logged since `listening on`: the 9,000 access lines, then the stop's two
+    // (`SIGTERM received: …` and `stopped: …`), written or counted (a report is neither).
+    let logged = lines.iter().filter(|l| !report.is_match(l)).count() as u64;
+    assert_eq!(
+        logged + counted,
+        requests + 2,
+        "lines neither written nor counted: {:#?}",
+        lines
+            .iter()
+            .filter(|l| !access.is_match(l))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        counted > 0,
+        "the queue never filled: the test proves nothing"
+    );
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(last.contains(" stopped: "), "{last}");
+    assert!(
+        last.ends_with(&format!(" log_lines_dropped={counted}")),
+        "{last}"
+    );
+}
+
+/// The attack's own case: nobody reads A's stdout, during 9,000 requests and through the
+/// SIGTERM stop. A exits (0, within the two flush limits) and says on stderr how many lines
+/// stdout never took and how many were dropped: with those written, every line logged is
+/// accounted for, exactly. On the code before, thousands were neither written nor counted.
+#[test]
+fn a_stop_with_stdout_never_read_still_counts_every_line() {
+    use std::io::Read;
+    let (mut child, mut out, addr) = a_with_stdout_unread();
+    let requests = nine_thousand_requests(addr);
+    let started = Instant::now();
+    let code = sigterm_and_wait(&mut child);
+    let took = started.elapsed();
+    let mut text = String::new();
+    let _ = out.read_to_string(&mut text);
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(took < Duration::from_secs(5 + 1 + 2 + 2), "{took:?}");
+    let report = report_regex();
+    let lines: Vec<&str> = text.lines().collect();
+    let written = lines.iter().filter(|l| !report.is_match(l)).count() as u64;
+    let said = Regex::new(r"(\d+) log lines never written .*; (\d+) dropped before them")
+        .expect("regex")
+        .captures(&err)
+        .map(|c| {
+            (
+                c[1].parse::<u64>().unwrap_or(0),
+                c[2].parse::<u64>().unwrap_or(0),
+            )
+        });
+    let (unwritten, dropped) = said.unwrap_or_else(|| panic!("no count on stderr: {err:?}"));
+    println!("{written} written, {unwritten} never written, {dropped} dropped; stop took {took:?}");
+    // The 9,000 access lines and the stop's two, each written, never written or dropped.
+    let accounted = written + unwritten + dropped;
+    assert!(
+        accounted == requests + 2,
+        "{accounted} accounted for: {written} written, {unwritten} never written, {dropped} dropped"
+    );
 }

@@ -173,3 +173,84 @@ fn json_logs_are_one_object_a_line_with_the_text_line_s_fields() {
         .iter()
         .any(|v| v["path"] == "/echo" && v["request_id"] == "json-1"));
 }
+
+/// The field `name` of the request head that asked for `msg`, as B sent it to the fake A.
+fn sent_field(fake: &FakeA, msg: &str, name: &str) -> Option<String> {
+    let head = fake
+        .requests()
+        .into_iter()
+        .find(|h| h.starts_with(&format!("GET /echo?msg={msg} ")))?;
+    head.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+/// What W3C's trace-context test suite expects of a service that calls another, checked on
+/// what B sends A: two `traceparent` fields start a new trace (the first won); version 00's
+/// unknown flags are zeroed (`ff` was passed on); `tracestate` is passed on only when valid
+/// and of at most 32 members (60 were passed on), without its optional whitespace.
+#[test]
+fn trace_context_is_passed_on_as_the_w3c_test_suite_expects() {
+    let fake = FakeA::start(Behaviour::Answer(200, r#"{"echo":"x"}"#.into()));
+    let b = start("service_b", &["--service-a-url", &fake.url()]);
+    let other = "00-12345678901234567890123456789012-1234567890123456-01";
+    let tp = |v: &str| format!("traceparent: {v}\r\n");
+    let cases: [(&str, String); 6] = [
+        ("two", format!("{}{}", tp(TRACEPARENT), tp(other))),
+        (
+            "ff",
+            tp("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff"),
+        ),
+        (
+            "ws",
+            format!(
+                "{}tracestate: foo=1 \t , \t bar=2,\r\ntracestate: baz=3\r\n",
+                tp(TRACEPARENT)
+            ),
+        ),
+        (
+            "many",
+            format!("{}tracestate: {}\r\n", tp(TRACEPARENT), members(60)),
+        ),
+        (
+            "max",
+            format!("{}tracestate: {}\r\n", tp(TRACEPARENT), members(32)),
+        ),
+        (
+            "bad",
+            format!("{}tracestate: foo=1,bar=x=y\r\n", tp(TRACEPARENT)),
+        ),
+    ];
+    for (msg, headers) in &cases {
+        // The fake answers `x`, whatever was asked: B is asked for `x` too.
+        let target = format!("/call-echo?msg={msg}");
+        let r = get_with(b.addr, &target, headers);
+        assert!(r.status == 200 || r.status == 503, "{msg}: {}", r.status);
+    }
+    assert!(fake.wait_for_requests(cases.len()));
+    let parent = |msg: &str| sent_field(&fake, msg, "traceparent").unwrap_or_default();
+    let two = parent("two");
+    assert!(two.len() == 55, "{two}");
+    assert!(
+        !two.contains(TRACE_ID) && !two.contains("12345678901234567890123456789012"),
+        "{two}"
+    );
+    let ff = parent("ff");
+    assert!(
+        ff.starts_with(&format!("00-{TRACE_ID}-")) && ff.ends_with("-01"),
+        "{ff}"
+    );
+    let state = |msg: &str| sent_field(&fake, msg, "tracestate");
+    assert_eq!(state("ws").as_deref(), Some("foo=1,bar=2,baz=3"));
+    assert_eq!(state("many"), None);
+    assert_eq!(state("max"), Some(members(32)));
+    assert_eq!(state("bad"), None);
+}
+
+/// `n` valid `tracestate` list members.
+fn members(n: usize) -> String {
+    let each: Vec<String> = (1..=n).map(|i| format!("k{i:02}=v{i:02}")).collect();
+    each.join(",")
+}

@@ -516,3 +516,36 @@ fn connections_beyond_the_limit_get_503_until_some_close() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn over_the_limit_health_ready_and_metrics_are_still_answered() {
+    let a = start_a(&["--max-connections", "2"]);
+    let held: Vec<BufReader<TcpStream>> = (0..2)
+        .map(|i| {
+            let mut s = connect(a.addr, WAIT);
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("write");
+            let mut reader = BufReader::new(s);
+            let status = read_reply(&mut reader).map(|r| r.status);
+            assert_eq!(status.map_err(|e| e.to_string()), Ok(200), "connection {i}");
+            reader
+        })
+        .collect();
+    // An orchestrator's probes and the scraper must not fail because the service is full;
+    // anything else over the limit gets the limit's 503.
+    for (path, status) in [
+        ("/health", 200),
+        ("/ready", 200),
+        ("/metrics", 200),
+        ("/echo", 503),
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let got = exchange(a.addr, raw.as_bytes(), WAIT);
+        assert_eq!(got.reply().0.status, status, "{path}: {}", got.text());
+        assert!(
+            got.closed,
+            "{path}: the connection over the limit closes after its answer"
+        );
+    }
+    drop(held);
+}

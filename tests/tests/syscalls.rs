@@ -1,9 +1,17 @@
-//! System calls per request at the steady state, counted by strace on the real binaries:
-//! counts, not timings, so they belong in the tests. While 8 keep-alive clients call B (and
-//! B calls A), `strace -f -c` is attached to both; B's call may cost at most 8 system calls
-//! and 0.3 `futex`, A's answer at most 3.1 (read, write, one log line). strace comes from
-//! Debian's packages; without it the test says so and passes, unless ECHO_REQUIRE_STRACE=1
-//! (CI sets it), when it fails.
+//! System calls and context switches per request at the steady state, counted on the real
+//! binaries: counts, not timings, so they belong in the tests.
+//! - While 8 keep-alive clients call B (and B calls A), `strace -f -c` is attached to both;
+//!   B's call may cost at most 8 system calls and 0.3 `futex`, A's answer at most 4 (its
+//!   share of an `epoll_wait`, the read, the write, the re-arm, and the log writer's share).
+//!   strace comes from Debian's packages; without it the test says so and passes, unless
+//!   ECHO_REQUIRE_STRACE=1 (CI sets it), when it fails.
+//! - While 64 keep-alive clients call B, the voluntary context switches (the sleeps) of every
+//!   thread of each service (`/proc/PID/task/*/status`) are summed: at most 0.15 per answer
+//!   of A (its workers take ready connections in batches; thread per connection slept once
+//!   per request, 1.04) and 2.5 per call of B (a synchronous call sleeps while A answers, and
+//!   at this test's load its worker sleeps again until the client's next request). The
+//!   switches a busy machine forces on a thread (involuntary) are the machine's, not the
+//!   design's: the benchmark reports both, at saturation.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +24,9 @@ use std::time::Duration;
 use echo_tests::{read_reply, Running};
 
 const CLIENTS: usize = 8;
+
+/// The two counts run one at a time: each one's load would be the other's noise.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const CALLS_PER_CLIENT: usize = 400;
 
 /// A client that calls `target` `n` times on one kept-alive connection.
@@ -39,7 +50,12 @@ fn call(addr: SocketAddr, target: &str, n: usize) -> usize {
 
 /// `CLIENTS` clients at once, each making `n` calls; the calls that got a 200.
 fn load(addr: SocketAddr, n: usize) -> usize {
-    let clients: Vec<_> = (0..CLIENTS)
+    load_with(addr, CLIENTS, n)
+}
+
+/// `clients` clients at once, each making `n` calls; the calls that got a 200.
+fn load_with(addr: SocketAddr, clients: usize, n: usize) -> usize {
+    let clients: Vec<_> = (0..clients)
         .map(|_| thread::spawn(move || call(addr, "/call-echo?msg=hello", n)))
         .collect();
     clients.into_iter().map(|c| c.join().unwrap_or(0)).sum()
@@ -85,7 +101,8 @@ fn detach(mut strace: Child, out: &str) -> (u64, u64) {
 }
 
 #[test]
-fn a_call_through_b_costs_at_most_8_system_calls_and_a_answer_3_1() {
+fn a_call_through_b_costs_at_most_8_system_calls_and_a_answer_4() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let have = Command::new("strace").arg("-V").output().is_ok();
     if !have {
         assert!(
@@ -119,5 +136,43 @@ fn a_call_through_b_costs_at_most_8_system_calls_and_a_answer_3_1() {
     );
     assert!(b_per <= 8.0, "B: {b_per:.2} system calls per call");
     assert!(b_futex_per <= 0.3, "B: {b_futex_per:.3} futex per call");
-    assert!(a_per <= 3.1, "A: {a_per:.2} system calls per request");
+    assert!(a_per <= 4.0, "A: {a_per:.2} system calls per request");
+}
+
+/// Voluntary context switches (sleeps) of every thread `pid` has now.
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the service's threads");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+#[test]
+fn context_switches_at_64_connections_stay_under_the_pool_s_floor() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let a = Running::start("service_a", &["--listen", "127.0.0.1:0"]);
+    let a_url = format!("http://{}", a.addr);
+    let b = Running::start(
+        "service_b",
+        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
+    );
+    const CLIENTS_64: usize = 64;
+    assert_eq!(load_with(b.addr, CLIENTS_64, 20), CLIENTS_64 * 20);
+    let (a_before, b_before) = (context_switches(a.pid()), context_switches(b.pid()));
+    let answered = load_with(b.addr, CLIENTS_64, 100);
+    let (a_after, b_after) = (context_switches(a.pid()), context_switches(b.pid()));
+    assert_eq!(answered, CLIENTS_64 * 100);
+    let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / answered as f64;
+    let (a_per, b_per) = (per(a_before, a_after), per(b_before, b_after));
+    println!("context switches per call at 64 connections: B {b_per:.3}, A {a_per:.3}");
+    assert!(a_per <= 0.15, "A: {a_per:.3} context switches per answer");
+    assert!(b_per <= 2.5, "B: {b_per:.3} context switches per call");
 }

@@ -165,7 +165,6 @@ pub fn serve(
         accept_stop: accept_stop.try_clone()?,
         accepting: AtomicBool::new(true),
         closed: (Mutex::new(()), Condvar::new()),
-        grace_ended: AtomicBool::new(false),
     });
     workers::start(&core)?;
     let timing = Arc::clone(&core);
@@ -207,18 +206,6 @@ impl Stopped {
     }
 }
 
-/// Ends a stop's grace period from another thread (a second signal).
-#[derive(Clone)]
-pub struct Stopper(Arc<Core>);
-
-impl Stopper {
-    /// Ends the grace period now: what is still open is cut off and counted.
-    pub fn end_grace(&self) {
-        self.0.grace_ended.store(true, Ordering::SeqCst);
-        self.0.closed.1.notify_all();
-    }
-}
-
 impl ServerHandle {
     /// The address actually bound (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
@@ -242,21 +229,22 @@ impl ServerHandle {
         self.core.begin_stop();
     }
 
-    /// What ends [`ServerHandle::shutdown`]'s grace period early.
-    pub fn stopper(&self) -> Stopper {
-        Stopper(Arc::clone(&self.core))
-    }
-
     /// Stops, lets every request already accepted finish (a connection that has sent
     /// nothing yet gets a second to begin its request), and waits at most `grace` for every
     /// connection to close. Returns what was still unanswered when it gave up.
     pub fn shutdown(self, grace: Duration) -> Stopped {
+        self.shutdown_unless(grace, || false)
+    }
+
+    /// [`ServerHandle::shutdown`], whose grace period ends as soon as `now` says so (it is
+    /// asked every 50 ms at most): a second signal.
+    pub fn shutdown_unless(self, grace: Duration, mut now: impl FnMut() -> bool) -> Stopped {
         let core = &self.core;
         core.begin_stop();
         let deadline = Instant::now() + grace;
         let (lock, closed) = &core.closed;
         let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while core.poller.table().open() > 0 && !core.grace_ended.load(Ordering::SeqCst) {
+        while core.poller.table().open() > 0 && !now() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -311,7 +299,6 @@ pub(crate) struct Core {
     accepting: AtomicBool,
     /// Signalled when a connection closes during a stop.
     closed: (Mutex<()>, Condvar),
-    grace_ended: AtomicBool,
 }
 
 impl Core {

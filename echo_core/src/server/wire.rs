@@ -140,12 +140,12 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Rejection>
             .collect()
     };
     // A field passed on to the handler: its ASCII value, or none (then replaced, as the
-    // request-id rule says), never a value with bytes the rules did not check.
-    let optional = |name: &str| {
-        values(name)
-            .first()
-            .and_then(|v| ascii(v))
-            .map(str::to_string)
+    // request-id rule says), never a value with bytes the rules did not check. Sent twice,
+    // it is none too: which one the sender meant is unknown (W3C Trace Context: two
+    // `traceparent` fields start a new trace; a deadline or an id sent twice is not believed).
+    let optional = |name: &str| match values(name).as_slice() {
+        [one] => ascii(one).map(str::to_string),
+        _ => None,
     };
     let hosts = text("Host")?;
     match hosts.as_slice() {

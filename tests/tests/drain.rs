@@ -1,0 +1,156 @@
+//! The drain and the stop lose nothing, and say so truthfully: under 64 keep-alive clients
+//! that reconnect whenever an answer closes their connection, a SIGTERM (or SIGHUP) leaves no
+//! request that reached the service unanswered; a request whose answer is delayed is served
+//! within the grace period; a second signal ends the grace period at once, and the exit
+//! status and the last line count what it cut off.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use echo_tests::{read_reply, says_close, Running, Signal};
+
+/// What one client saw: answers, and requests written on an open connection that got no
+/// answer (the connection ended first).
+#[derive(Default, Debug, Clone, Copy)]
+struct Seen {
+    answered: usize,
+    lost: usize,
+}
+
+/// One client: a kept-alive connection, a new one whenever an answer closes it, until
+/// `done` or the service refuses new connections.
+fn client(addr: SocketAddr, done: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'connections: while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let Ok(stream) = TcpStream::connect(addr) else {
+            return seen; // refused: the listener is closed, nothing was sent
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let Ok(mut writer) = stream.try_clone() else {
+            continue;
+        };
+        let mut reader = BufReader::new(stream);
+        loop {
+            if writer
+                .write_all(b"GET /echo?msg=d HTTP/1.1\r\nHost: t\r\n\r\n")
+                .is_err()
+            {
+                continue 'connections; // closed before this request was sent
+            }
+            match read_reply(&mut reader) {
+                Ok(reply) if reply.status == 200 => {
+                    seen.answered += 1;
+                    if says_close(&reply) {
+                        continue 'connections;
+                    }
+                }
+                _ => {
+                    seen.lost += 1;
+                    continue 'connections;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// Runs 64 clients against A, signals it once the load is steady, and returns what the
+/// clients saw, A's exit code and its log.
+fn drain_under_load(signal: Signal) -> (Seen, Option<i32>, Vec<String>) {
+    let a = Running::start(
+        "service_a",
+        &["--listen", "127.0.0.1:0", "--drain-ms", "300"],
+    );
+    let addr = a.addr;
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let done = Arc::clone(&done);
+            thread::spawn(move || client(addr, done))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300)); // the load: a steady state, not a readiness
+    a.signal(signal);
+    let (code, lines) = a.wait_exit(Duration::from_secs(15));
+    done.store(true, Ordering::SeqCst);
+    let seen = clients
+        .into_iter()
+        .map(|c| c.join().unwrap_or_default())
+        .fold(Seen::default(), |all, one| Seen {
+            answered: all.answered + one.answered,
+            lost: all.lost + one.lost,
+        });
+    (seen, code, lines)
+}
+
+#[test]
+fn a_drain_under_reconnecting_clients_loses_no_request() {
+    for signal in [Signal::Term, Signal::Hup, Signal::Term] {
+        let (seen, code, lines) = drain_under_load(signal);
+        assert!(seen.answered > 100, "{seen:?}");
+        assert_eq!(seen.lost, 0, "{seen:?}\n{lines:#?}");
+        assert_eq!(code, Some(0), "{lines:#?}");
+        let last = lines.last().map(String::as_str).unwrap_or("");
+        assert!(
+            last.contains("every accepted request was answered"),
+            "{last}"
+        );
+    }
+}
+
+#[test]
+fn a_delayed_request_accepted_in_the_drain_is_served() {
+    let a = Running::start(
+        "service_a",
+        &["--listen", "127.0.0.1:0", "--drain-ms", "200"],
+    );
+    let addr = a.addr;
+    a.signal(Signal::Term);
+    // Accepted during the drain, answered 1.5 s later: inside the 5 s grace period.
+    let raw = b"GET /echo?msg=late&delay_ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n";
+    let reply = echo_tests::try_send(addr, raw).map(|r| r.status);
+    assert_eq!(reply.map_err(|e| e.to_string()), Ok(200));
+    let (code, lines) = a.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{lines:#?}");
+}
+
+#[test]
+fn a_second_signal_ends_the_grace_period_and_the_loss_is_counted() {
+    let mut a = Running::start(
+        "service_a",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-ms",
+            "0",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let addr = a.addr;
+    let client = thread::spawn(move || {
+        echo_tests::try_send(addr, b"GET /echo?delay_ms=9000 HTTP/1.1\r\nHost: x\r\n\r\n")
+    });
+    a.wait_for("GET /echo started", Duration::from_secs(10));
+    a.signal(Signal::Term);
+    a.wait_for("no longer accepting", Duration::from_secs(10));
+    let second = Instant::now();
+    a.signal(Signal::Term);
+    let (code, lines) = a.wait_exit(Duration::from_secs(10));
+    assert!(
+        second.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(code, Some(3), "{lines:#?}");
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(last.contains("1 read and not answered"), "{last}");
+    let _ = client.join();
+}

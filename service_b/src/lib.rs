@@ -31,6 +31,11 @@ mod replicas;
 mod target;
 mod transport;
 mod upkeep;
+// Counted by the calls once /replicas is served (waits for the layers branch).
+#[allow(dead_code)]
+mod dashboard;
+#[allow(dead_code)]
+mod window;
 
 use call::{Call, Caller};
 use client::{EchoClient, Forward};
@@ -77,6 +82,9 @@ pub struct Config {
     /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
     /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
     pub drain_ms: u64,
+    /// Serve the live page (`/`) and B's view of the replicas (`/replicas`); they reveal A's
+    /// internal addresses, so turn them off where others reach B. Default true.
+    pub dashboard: bool,
     /// Open connections at most, beyond which a new one gets 503. Default: what the
     /// open-file limit allows at two descriptors a connection (one to the client, one to A;
     /// see [`echo_core::server::default_max_connections`]).
@@ -107,6 +115,7 @@ impl Default for Config {
             slow_start_ms: 5000,
             retry_budget_percent: 20,
             drain_ms: 5000,
+            dashboard: true,
             max_connections: None,
             workers: None,
             log_level: LevelFilter::Info,
@@ -151,6 +160,8 @@ pub struct ServiceB {
     /// The longest path prefix of any `--service-a-url`, for the target length check.
     longest_prefix: usize,
     metrics: Arc<Metrics>,
+    /// `/` and `/replicas` are served.
+    dashboard: bool,
 }
 
 impl ServiceB {
@@ -198,11 +209,15 @@ impl ServiceB {
             first_url: config.service_a_urls.first().cloned().unwrap_or_default(),
             longest_prefix,
             metrics: Arc::new(metrics),
+            dashboard: config.dashboard,
         }
     }
 
     /// Answers one request; called by the server, or directly by unit tests.
     pub fn handle(&self, req: &Request) -> Response {
+        if !self.dashboard && matches!(req.path.as_str(), "/" | "/replicas") {
+            return Response::error(404, "Not found");
+        }
         route(
             self,
             req,
@@ -211,6 +226,7 @@ impl ServiceB {
                 ("/ready", |_, req| echo_core::http::ready(req)),
                 ("/call-echo", Self::call_echo),
                 ("/metrics", |s, _| s.metrics.render()),
+                ("/", |_, _| dashboard::page()),
             ],
         )
     }

@@ -170,7 +170,7 @@ expect_503() {
     local prefix
     case $2 in
         connect) prefix='Connection error: ' ;;
-        timeout) prefix='Timeout calling Service A after ' ;;
+        timeout) prefix='Timeout calling Service A' ;;
         status) prefix='Service A returned HTTP ' ;;
         bad_response) prefix='Invalid response from Service A: ' ;;
         circuit_open) prefix='Circuit open after ' ;;
@@ -396,8 +396,8 @@ if ((AUTO)); then
     http GET "$SHORT_URL/call-echo?msg=slow"
     expect_503 "B with a ${SHORT_MS}ms deadline answers 503 kind=timeout" timeout
     [[ $R_CODE == 503 ]] && save_503 timeout
-    judge "details name the deadline: \"Timeout calling Service A after 0.5s\"" "body: $(short "$R_BODY")" \
-        json_ok 'j.get("details", "").startswith("Timeout calling Service A after 0.5s")'
+    judge "details say A refused at once within the 0.5s deadline: \"Timeout calling Service A: it refused at once, …of 0.5s\"" "body: $(short "$R_BODY")" \
+        json_ok 'j.get("details", "").startswith("Timeout calling Service A: it refused at once") and j["details"].endswith("of 0.5s")'
     limit=$(secs "$SHORT_MS" 0.5)
     judge "the 503 came within the deadline + 0.5s, before A's answer (${R_TIME}s; deadline 0.5s, A needs 1.5s)" \
         "took ${R_TIME}s; expected less than ${limit}s" took '' "$limit"
@@ -416,7 +416,7 @@ elif needs AB "timeout handling"; then
     http GET "$B_URL/call-echo?msg=timing" --max-time "$((B_DEADLINE_MS / 1000 + 10))"
     if [[ $R_CODE == 200 ]] && took '' "$limit"; then
         pass "B answered 200 in ${R_TIME}s (under its deadline + 1s = ${limit}s)"
-    elif [[ $R_CODE == 503 ]] && json_ok "$BODY_503" timeout 'Timeout calling Service A after ' && took '' "$limit"; then
+    elif [[ $R_CODE == 503 ]] && json_ok "$BODY_503" timeout 'Timeout calling Service A' && took '' "$limit"; then
         pass "A is slow: B gave up with 503 kind=timeout after ${R_TIME}s (limit ${limit}s)"
         save_503 timeout
     else

@@ -1,5 +1,5 @@
-//! The guarded call from B to A: a bulkhead slot, a replica chosen by `choice`, limits for
-//! the attempt, and at most one retry — for a failure before any byte of the answer, within
+//! The policy of a call from B to A: a bulkhead slot, a replica chosen by the balancer,
+//! limits for the attempt, and at most one retry — for a failure before any byte of the answer, within
 //! what is left of the one deadline, on another replica of B's current view when one is
 //! usable (never the one that just failed, never one that left), else on a fresh connection
 //! to the same, and only while the retry budget allows. Each attempt's outcome feeds its
@@ -13,27 +13,29 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
-use crate::choice::{choose, fastest_estimate, Chosen};
-use crate::client::{Answer, EchoClient, Failed, Forward, Health, Limits};
-use crate::error::CallError;
+use crate::balance::DRAIN_CHECK_EVERY;
+use crate::balance::{choose, fastest_estimate, Chosen, Events, Replica, Replicas};
+use crate::error::{CallError, Failure, Verdict};
 use crate::metrics::Upstream;
-use crate::replica::Replica;
-use crate::replicas::Replicas;
+use crate::upstream::{Answer, EchoClient, Forward, Limits};
+use crate::window::{outcome_index, CallStats};
 
 /// A first try among several replicas waits at most this many times the fastest replica's
 /// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the
 /// deadline), then the call moves on: Envoy's per-try timeout, learnt.
 const PER_TRY_FACTOR: f64 = 10.0;
 const PER_TRY_FLOOR: Duration = Duration::from_millis(100);
-/// A probe of a passed-over replica waits at most this many times the fastest estimate (at
-/// least [`PROBE_FLOOR`], at most the per-try limit): what a user pays when it is still slow.
-const PROBE_FACTOR: f64 = 4.0;
-const PROBE_FLOOR: Duration = Duration::from_millis(20);
+/// A revisit of a passed-over replica waits at most this many times the fastest estimate
+/// (at least [`REVISIT_FLOOR`], at most the per-try limit): what a user pays when it is
+/// still slow.
+const REVISIT_FACTOR: f64 = 4.0;
+const REVISIT_FLOOR: Duration = Duration::from_millis(20);
 /// The retry budget holds at most this many retries (and starts full): a burst beyond the
 /// budget's share, for a fleet with little traffic.
 const BUDGET_BURST: i64 = 10;
-/// A replica that said it drains has its `/ready` asked this often until it says 200.
-pub(crate) const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// One attempt's outcome and how long it took.
+type Tried = Result<(Answer, Duration), (Failure, Duration)>;
 
 /// How a call to A ended, and on which replica (`None` when it was never made).
 pub(crate) struct Call {
@@ -105,14 +107,17 @@ impl RetryBudget {
     }
 }
 
-/// What calls A: the client, the replicas and what guards them.
+/// What calls A: the client, the replicas, what guards them and the metrics of the calls.
 #[derive(Debug)]
 pub(crate) struct Caller {
     pub(crate) client: EchoClient,
     pub(crate) replicas: Arc<Replicas>,
+    pub(crate) metrics: Arc<Upstream>,
     connect_timeout: Duration,
     bulkhead: Bulkhead,
     budget: RetryBudget,
+    /// The calls of the last minute, for `/replicas`.
+    pub(crate) stats: CallStats,
 }
 
 impl Caller {
@@ -120,14 +125,16 @@ impl Caller {
     pub(crate) fn new(
         client: EchoClient,
         replicas: Arc<Replicas>,
+        metrics: Arc<Upstream>,
         connect_timeout: Duration,
         max_inflight: usize,
         retry_percent: u32,
     ) -> Caller {
-        let gauge = replicas.metrics.in_flight.clone();
+        let gauge = metrics.in_flight.clone();
         Caller {
             client,
             replicas,
+            metrics,
             connect_timeout,
             bulkhead: Bulkhead {
                 limit: max_inflight.max(1),
@@ -135,11 +142,20 @@ impl Caller {
                 gauge,
             },
             budget: RetryBudget::new(retry_percent),
+            stats: CallStats::default(),
         }
     }
 
-    fn metrics(&self) -> &Upstream {
-        &self.replicas.metrics
+    /// The bulkhead: its limit and the calls in it now.
+    pub(crate) fn bulkhead(&self) -> (usize, usize) {
+        let used = self.bulkhead.used.load(Ordering::Relaxed);
+        (self.bulkhead.limit, used.min(self.bulkhead.limit))
+    }
+
+    /// The retry budget: its percent of the calls, and the retries it allows now.
+    pub(crate) fn retry_budget(&self) -> (u32, f64) {
+        let tokens = self.budget.tokens.load(Ordering::Relaxed).max(0);
+        ((self.budget.per_call / 10) as u32, tokens as f64 / 1000.0)
     }
 
     /// Calls A's `path` (`/echo?msg=…`) with the forwarded headers.
@@ -161,40 +177,42 @@ impl Caller {
         self.budget.deposit();
         let limits = self.first_limits(&set, chosen, timeout);
         let outcome = self.attempt(first, path, limits, forward);
-        if chosen == Chosen::Probe {
-            self.metrics()
-                .probed(first.addr, "latency", outcome.is_ok());
+        let revisit = chosen == Chosen::Revisit;
+        if revisit {
+            self.metrics.probed(first.addr, "latency", outcome.is_ok());
         }
-        let probe = chosen == Chosen::Probe;
         let failed = match outcome {
-            Err(failed) if failed.early => failed,
-            outcome => return self.done(started, first, outcome, probe),
+            Err(failed) if failed.0.retryable => failed,
+            outcome => return self.done(started, first, outcome, revisit),
         };
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
-            let timed_out = Failed {
+            let (failure, took) = failed;
+            let timed_out = Failure {
                 error: CallError::Timeout(timeout),
-                ..failed
+                ..failure
             };
-            return self.done(started, first, Err(timed_out), probe);
+            return self.done(started, first, Err((timed_out, took)), revisit);
         }
         if !self.budget.withdraw() {
-            self.metrics().retries_denied.inc();
-            log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.error, forward.request_id);
-            return self.done(started, first, Err(failed), probe);
+            self.metrics.retries_denied.inc();
+            self.stats.retry(false);
+            log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.0.error, forward.request_id);
+            return self.done(started, first, Err(failed), revisit);
         }
         // From the view now: another usable replica, else the same on a fresh connection
         // (a pooled connection may have died while idle), where the call counts once.
         let now = self.replicas.snapshot();
-        let (replica, fresh) = match choose(&now, Some(first), false) {
+        let (replica, fresh) = match choose(&now, Some(first.addr), false) {
             Some((second, _)) => {
-                self.record(first, &Err(failed), probe);
+                self.record(first, &Err(failed), revisit);
                 (Arc::clone(second), false)
             }
             None if !first.departed() => (Arc::clone(first), true),
-            None => return self.done(started, first, Err(failed), probe),
+            None => return self.done(started, first, Err(failed), revisit),
         };
-        self.metrics().retries.inc();
+        self.metrics.retries.inc();
+        self.stats.retry(true);
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
         let limits = Limits {
             left,
@@ -208,7 +226,7 @@ impl Caller {
 
     /// The limits of a first try: alone, the whole deadline for every phase; among
     /// several, `--connect-timeout-ms` to connect and a learnt per-try limit for the head
-    /// of the answer; a probe, a tighter one.
+    /// of the answer; a revisit, a tighter one.
     fn first_limits(&self, set: &[Arc<Replica>], chosen: Chosen, timeout: Duration) -> Limits {
         let fastest = Duration::from_nanos(fastest_estimate(set) as u64);
         let per_try = fastest
@@ -225,11 +243,14 @@ impl Caller {
                 }
             }
             Chosen::Balanced => per_try,
-            Chosen::Probe => fastest.mul_f64(PROBE_FACTOR).max(PROBE_FLOOR).min(per_try),
+            Chosen::Revisit => fastest
+                .mul_f64(REVISIT_FACTOR)
+                .max(REVISIT_FLOOR)
+                .min(per_try),
         };
         Limits {
             left: timeout,
-            connect: Some(self.connect_timeout.min(head.max(PROBE_FLOOR))),
+            connect: Some(self.connect_timeout.min(head.max(REVISIT_FLOOR))),
             head: Some(head),
             fresh: false,
         }
@@ -242,51 +263,55 @@ impl Caller {
         path: &str,
         limits: Limits,
         forward: Forward<'_>,
-    ) -> Result<(Answer, Duration), Failed> {
+    ) -> Tried {
         let _load = replica.enter();
         let started = Instant::now();
         let url = format!("{}{path}", replica.base);
         self.client
             .attempt(&url, limits, forward)
-            .map(|value| (value, started.elapsed()))
-            .map_err(|failed| Failed {
-                took: started.elapsed(),
-                ..failed
-            })
+            .map(|answer| (answer, started.elapsed()))
+            .map_err(|failure| (failure, started.elapsed()))
     }
 
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
     /// re-resolution when its connect was refused.
-    fn record(&self, replica: &Replica, outcome: &Result<(Answer, Duration), Failed>, probe: bool) {
-        let failed = match outcome {
+    fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool) {
+        let kind = outcome
+            .as_ref()
+            .map_or_else(|(f, _)| f.error.kind(), |_| "ok");
+        let second = self.stats.clock.second(Instant::now());
+        replica.outcomes.add(second, outcome_index(kind));
+        let (failure, took) = match outcome {
             Ok((answer, took)) => {
                 replica.breaker.succeeded();
                 if answer.closing && replica.start_draining(DRAIN_CHECK_EVERY) {
                     log::info!(target: "service_b", "replica {} is draining (it closed the connection of its answer): no new calls while others can take them, until its /ready says 200", replica.addr);
-                    self.metrics().drained(replica.addr);
+                    self.metrics.drained(replica.addr);
                     self.replicas.wake_upkeep();
                 }
-                return replica.observe(*took, probe);
+                return replica.load.observe(*took, revisit);
             }
-            Err(failed) => failed,
+            Err((failure, took)) => (failure, *took),
         };
-        match failed.health {
-            Health::Fine => replica.breaker.succeeded(),
-            Health::Slower(at_least) => replica.observe(failed.took.max(at_least), probe),
-            Health::Failing => {
-                replica.observe(failed.took.max(self.client.timeout() / 2), probe);
+        match failure.verdict {
+            Verdict::BsOwn => {}
+            Verdict::NotItsFault => replica.breaker.succeeded(),
+            Verdict::Slower(at_least) => replica.load.observe(took.max(at_least), revisit),
+            Verdict::Failing => {
+                let penalty = took.max(self.client.timeout() / 2);
+                replica.load.observe(penalty, revisit);
                 let set = self.replicas.snapshot();
-                let cause = failed.error.to_string();
+                let cause = failure.error.to_string();
                 if replica
                     .breaker
                     .failed(cause, || self.replicas.may_eject(&set))
                 {
-                    self.metrics().ejected(replica.addr);
+                    self.metrics.ejected(replica.addr);
                     self.replicas.wake_upkeep();
                 }
             }
         }
-        if failed.refused {
+        if failure.refused {
             self.replicas.resolve_soon("refused");
         }
     }
@@ -296,16 +321,18 @@ impl Caller {
         &self,
         started: Instant,
         replica: &Arc<Replica>,
-        outcome: Result<(Answer, Duration), Failed>,
-        probe: bool,
+        outcome: Tried,
+        revisit: bool,
     ) -> Call {
-        self.record(replica, &outcome, probe);
-        self.metrics()
+        self.record(replica, &outcome, revisit);
+        self.metrics
             .duration
             .0
             .observe(started.elapsed().as_secs_f64());
         Call {
-            result: outcome.map(|(answer, _)| answer.value).map_err(|f| f.error),
+            result: outcome
+                .map(|(answer, _)| answer.value)
+                .map_err(|(failure, _)| failure.error),
             replica: Some(Arc::clone(replica)),
         }
     }

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use echo_core::Response;
 use serde_json::{json, Map, Value};
 
+use crate::balance::{now_ns, Replica};
+use crate::call::Caller;
 use crate::window::{outcome_index, p99_ms, unix_ms, CallStats, Window, OUTCOMES, SECONDS};
 
 /// The page, embedded at build time: no external asset, no build step.
@@ -23,6 +25,51 @@ pub(crate) fn page() -> Response {
              connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
         )
         .with_header("Cache-Control", "no-store")
+}
+
+/// `GET /replicas`: B's view now, each replica named by the `--service-a-url` (of `urls`)
+/// it came from.
+pub(crate) fn replicas(caller: &Caller, urls: &[String]) -> Value {
+    let set = caller.replicas.snapshot();
+    let (max_inflight, in_flight) = caller.bulkhead();
+    let (retry_percent, retries_available) = caller.retry_budget();
+    let b = BView {
+        timeout_ms: caller.client.timeout().as_millis() as u64,
+        max_inflight,
+        in_flight,
+        retry_percent,
+        retries_available,
+    };
+    let views: Vec<ReplicaView<'_>> = set
+        .iter()
+        .map(|r| view(r, urls.get(r.target).map_or("", String::as_str)))
+        .collect();
+    document(&b, &caller.stats, &views)
+}
+
+fn view<'a>(r: &'a Replica, from: &'a str) -> ReplicaView<'a> {
+    let state = if r.departed() {
+        State::Departed
+    } else if let Some(out) = r.breaker.ejected() {
+        State::Ejected {
+            until_ms: unix_ms() + out.left.as_millis() as u64,
+            in_a_row: r.breaker.ejections_in_a_row(),
+        }
+    } else if r.draining() {
+        State::Draining
+    } else if let Some(share) = r.slow_start_share() {
+        State::SlowStart(share)
+    } else {
+        State::Serving
+    };
+    ReplicaView {
+        address: r.addr,
+        from,
+        state,
+        latency_ms: r.load.estimate_ns(now_ns()) / 1e6,
+        in_flight: r.load.pending(),
+        outcomes: &r.outcomes,
+    }
 }
 
 /// A replica's state as the page shows it.

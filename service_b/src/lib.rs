@@ -3,9 +3,10 @@
 //! how the call failed. A may run as several replicas: each call goes to the replica expected
 //! to answer soonest, a replica that keeps failing is ejected and probed back by B itself,
 //! and a failure before any byte of the answer is retried once elsewhere, within a budget
-//! (the call path: `call`, `choice`, `breaker`, `replicas`, `upkeep`; the client under it:
-//! `client`, `transport`). A bulkhead (at most `--max-inflight` calls at once) keeps a
-//! hanging A from costing B its threads or its `/health`.
+//! (the layers, each depending only on those below it: this handler; `call`, the policy;
+//! `balance`, the replicas; `upstream`, the client; `error`, the 503 contract). A bulkhead
+//! (at most `--max-inflight` calls at once) keeps a hanging A from costing B its threads or
+//! its `/health`.
 //! Also `GET /health` (liveness), `GET /ready` (readiness: B serves, whatever A does; 503
 //! while draining) and `GET /metrics`.
 
@@ -17,139 +18,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use echo_core::{route, Metrics, Request, Response, ServerHandle};
-use log::LevelFilter;
 use serde_json::json;
 
-mod breaker;
+mod balance;
 mod call;
-mod choice;
-mod client;
+mod config;
+mod dashboard;
 mod error;
 mod metrics;
-mod replica;
-mod replicas;
-mod target;
-mod transport;
-mod upkeep;
-// Counted by the calls once /replicas is served (waits for the layers branch).
-#[allow(dead_code)]
-mod dashboard;
-#[allow(dead_code)]
+mod upstream;
 mod window;
 
+pub use balance::{system_resolver, Resolve};
+use balance::{Replicas, Settings, Target};
 use call::{Call, Caller};
-use client::{EchoClient, Forward};
+pub use config::{parse_service_a_url, Config};
 use error::CallError;
-use replicas::{Replicas, Settings};
-use target::Target;
-pub use target::{system_resolver, Resolve};
+use upstream::{Bounds, EchoClient, Forward, Pool};
 
-/// Service B's settings. [`Config::default`] is the documented default of every flag;
-/// tests build it directly, and only `main.rs` knows the command line.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Config {
-    /// Address to listen on (`IP:PORT`; port 0 picks a free port). Default `127.0.0.1:8081`.
-    pub listen: String,
-    /// Base URLs of Service A (`http://` only; see [`parse_service_a_url`]). Every address
-    /// of every URL is a replica. Default `["http://127.0.0.1:8080"]`.
-    pub service_a_urls: Vec<String>,
-    /// Deadline of each call to A, covering connect, send and receive. Default 2000.
-    pub timeout_ms: u64,
-    /// With other replicas in rotation, and for every retry, a connect slower than this
-    /// moves the call on. Default 250.
-    pub connect_timeout_ms: u64,
-    /// How often host names in `service_a_urls` are resolved again, in the background (and
-    /// at once when a connect is refused or no replica is usable). Default 5000.
-    pub resolve_every_ms: u64,
-    /// Calls to A in flight at most; more get 503 `overloaded` at once (the bulkhead), so a
-    /// hanging A cannot take every thread and descriptor. Default 64.
-    pub max_inflight: usize,
-    /// Failed calls in a row that eject a replica (0 turns ejection off). Default 5.
-    pub breaker_threshold: u32,
-    /// How long a replica's first ejection lasts before B probes it; each ejection in a
-    /// row lasts twice as long. Default 2000.
-    pub breaker_cooldown_ms: u64,
-    /// The longest an ejection lasts. Default 30000.
-    pub breaker_max_cooldown_ms: u64,
-    /// Replicas that may be ejected at once, in percent of them (at least one may be):
-    /// beyond, failing replicas stay in rotation, so calls spread over all. Default 50.
-    pub max_ejected_percent: u32,
-    /// A replica that joins (or is readmitted) gets a share of the calls growing from 10 %
-    /// to its full share over this long. Default 5000.
-    pub slow_start_ms: u64,
-    /// Retries at most this share of the calls, in percent (plus a burst of 10). Default 20.
-    pub retry_budget_percent: u32,
-    /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
-    /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
-    pub drain_ms: u64,
-    /// Serve the live page (`/`) and B's view of the replicas (`/replicas`); they reveal A's
-    /// internal addresses, so turn them off where others reach B. Default true.
-    pub dashboard: bool,
-    /// Open connections at most, beyond which a new one gets 503. Default: what the
-    /// open-file limit allows at two descriptors a connection (one to the client, one to A;
-    /// see [`echo_core::server::default_max_connections`]).
-    pub max_connections: Option<usize>,
-    /// Workers that never block. Default: the CPUs the process may use (see
-    /// [`echo_core::server::default_workers`]). A call to A blocks its worker; another one
-    /// serves meanwhile, up to `max_inflight` more.
-    pub workers: Option<usize>,
-    /// Log level. Default `info`.
-    pub log_level: LevelFilter,
-    /// Log line format. Default `text`.
-    pub log_format: echo_core::LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            listen: "127.0.0.1:8081".to_string(),
-            service_a_urls: vec!["http://127.0.0.1:8080".to_string()],
-            timeout_ms: 2000,
-            connect_timeout_ms: 250,
-            resolve_every_ms: 5000,
-            max_inflight: 64,
-            breaker_threshold: 5,
-            breaker_cooldown_ms: 2000,
-            breaker_max_cooldown_ms: 30_000,
-            max_ejected_percent: 50,
-            slow_start_ms: 5000,
-            retry_budget_percent: 20,
-            drain_ms: 5000,
-            dashboard: true,
-            max_connections: None,
-            workers: None,
-            log_level: LevelFilter::Info,
-            log_format: echo_core::LogFormat::Text,
-        }
-    }
-}
-
-impl Config {
-    /// The defaults, listening on `listen` and calling A at `service_a_url`.
-    pub fn on(listen: &str, service_a_url: &str) -> Config {
-        Config {
-            listen: listen.to_string(),
-            service_a_urls: vec![service_a_url.to_string()],
-            ..Config::default()
-        }
-    }
-}
-
-/// `--service-a-url` must be `http://host[:port][/prefix]`: no other scheme, no query, and
-/// no user information (it would never be sent, and must never reach a log line).
-pub fn parse_service_a_url(s: &str) -> Result<String, String> {
-    let uri: ureq::http::Uri = s.parse().map_err(|_| "is not a URL".to_string())?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err("must not carry user information (user:password@): B never sends it".into());
-    }
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("'{s}' must start with http:// (no TLS support)"));
-    }
-    if uri.host().is_none_or(str::is_empty) || uri.query().is_some() {
-        return Err(format!("'{s}' must be http://HOST[:PORT] without a query"));
-    }
-    Ok(s.trim_end_matches('/').to_string())
-}
+/// How long an idle connection to A is kept: well under the services' idle timeout
+/// (`echo_core::server::IDLE_TIMEOUT`), so a pooled connection is never reused just as A
+/// closes it.
+const IDLE_AGE: Duration = Duration::from_secs(15);
+/// How often idle connections past [`IDLE_AGE`] are closed, by B's upkeep thread.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// The service itself: the handlers and the guarded call to A.
 #[derive(Debug)]
@@ -160,8 +52,11 @@ pub struct ServiceB {
     /// The longest path prefix of any `--service-a-url`, for the target length check.
     longest_prefix: usize,
     metrics: Arc<Metrics>,
-    /// `/` and `/replicas` are served.
-    dashboard: bool,
+    /// The idle connections to A, shared by every call.
+    pool: Arc<Pool>,
+    /// Every `--service-a-url`, which `/replicas` names each replica by; `None` when `/`
+    /// and `/replicas` are off.
+    dashboard: Option<Vec<String>>,
 }
 
 impl ServiceB {
@@ -170,7 +65,6 @@ impl ServiceB {
     fn new(config: &Config, resolve: Resolve) -> ServiceB {
         let mut metrics = Metrics::new();
         let upstream = Arc::new(metrics::Upstream::default());
-        upstream.register(metrics.registry());
         // Config URLs were checked by parse_service_a_url; one that still fails is skipped.
         let targets: Vec<Target> = config
             .service_a_urls
@@ -190,16 +84,14 @@ impl ServiceB {
             max_ejected_percent: config.max_ejected_percent,
             slow_start: ms(config.slow_start_ms),
         };
-        let replicas = Arc::new(Replicas::new(
-            targets,
-            resolve,
-            settings,
-            Arc::clone(&upstream),
-        ));
-        upstream.watch(&replicas);
+        let events: Arc<dyn balance::Events> = upstream.clone();
+        let replicas = Arc::new(Replicas::new(targets, resolve, settings, events));
+        let pool = Arc::new(Pool::new(idle_bounds(config)));
+        upstream.register(metrics.registry(), &replicas, &pool);
         let caller = Caller::new(
-            EchoClient::new(ms(config.timeout_ms)),
+            EchoClient::new(ms(config.timeout_ms), Arc::clone(&pool)),
             replicas,
+            upstream,
             ms(config.connect_timeout_ms),
             config.max_inflight,
             config.retry_budget_percent,
@@ -209,13 +101,14 @@ impl ServiceB {
             first_url: config.service_a_urls.first().cloned().unwrap_or_default(),
             longest_prefix,
             metrics: Arc::new(metrics),
-            dashboard: config.dashboard,
+            pool,
+            dashboard: config.dashboard.then(|| config.service_a_urls.clone()),
         }
     }
 
     /// Answers one request; called by the server, or directly by unit tests.
     pub fn handle(&self, req: &Request) -> Response {
-        if !self.dashboard && matches!(req.path.as_str(), "/" | "/replicas") {
+        if self.dashboard.is_none() && matches!(req.path.as_str(), "/" | "/replicas") {
             return Response::error(404, "Not found");
         }
         route(
@@ -227,6 +120,10 @@ impl ServiceB {
                 ("/call-echo", Self::call_echo),
                 ("/metrics", |s, _| s.metrics.render()),
                 ("/", |_, _| dashboard::page()),
+                ("/replicas", |s, _| {
+                    let urls = s.dashboard.as_deref().unwrap_or_default();
+                    Response::json(200, &dashboard::replicas(&s.caller, urls))
+                }),
             ],
         )
     }
@@ -265,8 +162,8 @@ impl ServiceB {
             started,
         );
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
+        self.count(req, &result, replica.as_deref(), started);
         self.caller
-            .replicas
             .metrics
             .outcomes
             .get_or_create(&metrics::Outcome {
@@ -277,14 +174,30 @@ impl ServiceB {
         match result {
             Ok(echo) => Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
                 .with_log_field("replica", replica_name),
-            Err(e) => {
-                let body = json!({ "error": "Service A unavailable", "details": e.to_string(), "kind": e.kind() });
-                let response = Response::json(503, &body).with_log_field("replica", replica_name);
-                match e.retry_after() {
-                    Some(secs) => response.with_header("Retry-After", secs.to_string()),
-                    None => response,
-                }
-            }
+            Err(e) => e.response().with_log_field("replica", replica_name),
+        }
+    }
+
+    /// Counts the call for `/replicas`, and remembers it if it failed.
+    fn count(
+        &self,
+        req: &Request,
+        result: &Result<serde_json::Value, CallError>,
+        replica: Option<&balance::Replica>,
+        started: Instant,
+    ) {
+        let end = Instant::now();
+        let kind = result.as_ref().map_or_else(CallError::kind, |_| "ok");
+        let made = replica.map(|_| end.saturating_duration_since(started));
+        self.caller.stats.call(end, kind, made);
+        if let Err(e) = result {
+            self.caller.stats.failed(window::Failure {
+                at_ms: window::unix_ms(),
+                request_id: req.request_id.clone(),
+                kind,
+                details: e.to_string(),
+                replica: replica.map(|r| r.addr),
+            });
         }
     }
 
@@ -307,10 +220,7 @@ impl ServiceB {
                 request_id = id.as_str(), trace_id = trace.as_str(), span_id = span.as_str(), replica = replica;
                 "call to Service A ok: GET {url} timeout={timeout_ms}ms status=200 {ms:.2}ms"),
             Err(e) => {
-                let verb = match e {
-                    CallError::Overloaded(_) | CallError::CircuitOpen(_) => "not made",
-                    _ => "failed",
-                };
+                let verb = if e.not_made() { "not made" } else { "failed" };
                 let error = e.to_string();
                 log::warn!(target: "service_b",
                     url = url, timeout_ms = timeout_ms, kind = e.kind(), latency_ms = ms, error = error.as_str(),
@@ -319,6 +229,26 @@ impl ServiceB {
             }
         }
     }
+}
+
+/// The bounds of B's idle connections to A: `--max-inflight` in all and so at most per
+/// replica (more are never busy at once), none older than [`IDLE_AGE`].
+fn idle_bounds(config: &Config) -> Bounds {
+    Bounds {
+        per_replica: config.max_inflight.max(1),
+        total: config.max_inflight.max(1),
+        max_age: IDLE_AGE,
+    }
+}
+
+/// The default `--max-connections`: one descriptor per client connection, out of what the
+/// open-file limit allows once B's connections to A are counted: up to `--max-inflight` in
+/// flight and as many idle (see [`idle_bounds`]).
+fn default_max_connections(max_inflight: usize) -> usize {
+    let to_a = 2 * max_inflight.max(1);
+    echo_core::server::default_max_connections(1)
+        .saturating_sub(to_a)
+        .max(1)
 }
 
 /// Starts Service B; the handle gives the bound address and stops it.
@@ -331,7 +261,7 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     let listener = echo_core::server::bind(&config.listen)?;
     let max_connections = *config
         .max_connections
-        .get_or_insert_with(|| echo_core::server::default_max_connections(2));
+        .get_or_insert_with(|| default_max_connections(config.max_inflight));
     let workers = *config
         .workers
         .get_or_insert_with(echo_core::server::default_workers);
@@ -342,10 +272,18 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     };
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
+    let pool = Arc::clone(&service.pool);
     log::info!(target: "service_b", "{} replicas={}", echo_core::cli::config_line(&config), replicas.describe());
-    upkeep::start(
+    let prune = balance::Chore {
+        every: PRUNE_EVERY,
+        run: Box::new(move || {
+            pool.prune();
+        }),
+    };
+    balance::start_upkeep(
         &replicas,
         Duration::from_millis(config.resolve_every_ms.max(1)),
+        prune,
     );
     let metrics = Arc::clone(&service.metrics);
     echo_core::serve("service_b", listener, options, metrics, move |req| {
@@ -365,14 +303,13 @@ mod tests {
         )
     }
 
+    /// `/ready` reads only whether B drains, so A's state cannot change it: this checks
+    /// both answers with A down, and the drain's 503.
     #[test]
     fn health_and_ready_are_ok_with_a_down() {
         let b = service();
         let r = b.handle(&Request::get("/health"));
         assert_eq!((r.status, r.json_body()), (200, json!({"status": "ok"})));
-        for _ in 0..10 {
-            b.handle(&Request::get("/call-echo?msg=x"));
-        }
         let r = b.handle(&Request::get("/ready"));
         assert_eq!((r.status, r.json_body()), (200, json!({"status": "ready"})));
         let mut draining = Request::get("/ready");

@@ -46,6 +46,7 @@ struct Cli {
           value_parser = bounded!(100, 3_600_000))]
     resolve_every_ms: u64,
     /// Calls to Service A in flight at most (1 to 10000); more get 503 `overloaded` at once.
+    /// Also the most idle connections B keeps to Service A.
     #[arg(long, env = "SERVICE_B_MAX_INFLIGHT", default_value_t = Config::default().max_inflight as u64,
           value_parser = bounded!(1, 10_000))]
     max_inflight: u64,
@@ -86,8 +87,8 @@ struct Cli {
           value_parser = bounded!(0, 600_000))]
     drain_ms: u64,
     /// Open connections at most (1 to 1000000); beyond, a new one gets 503 [default: the
-    /// open-file limit less 64 (a quarter if smaller), halved (two descriptors a
-    /// connection), at most 10000].
+    /// open-file limit less 64 (a quarter if smaller), at most 10000, less twice
+    /// --max-inflight (B's connections to A, in flight and idle)].
     #[arg(long, env = "SERVICE_B_MAX_CONNECTIONS", value_parser = bounded!(1, 1_000_000))]
     max_connections: Option<u64>,
     /// Workers that never block (1 to 1024); a call to A blocks its worker and another

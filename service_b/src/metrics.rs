@@ -2,9 +2,11 @@
 //! outcomes per replica, retries and the budget's refusals, probes, ejections and
 //! re-resolutions as counters; and, read from the replica set at each scrape (so a replica
 //! that left is simply not there), each replica's breaker state, cooldown, latency estimate
-//! and calls in flight.
+//! and calls in flight. The caller (`ServiceB`) owns them: the set tells its events
+//! through [`Events`], and the per-replica gauges read the set it is given at registration.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
 
 use echo_core::metrics::{latency_histogram, AtomicHistogram};
 use prometheus_client::collector::Collector;
@@ -17,8 +19,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::replica::Replica;
-use crate::replicas::Replicas;
+use crate::balance::{now_ns, Events, Replica, Replicas};
+use crate::upstream::Pool;
 
 /// Labels of `upstream_requests_total`: the replica that gave the final answer (`none` for a
 /// call never made) and the outcome.
@@ -38,8 +40,9 @@ pub(crate) struct ReplicaLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ProbeLabels {
     pub(crate) replica: String,
-    /// `health`: B's own GET of an ejected replica's `/ready`; `latency`: a user's call
-    /// sent, under a tight limit, to a replica the choice had been passing over.
+    /// `health`: B's own GET of an ejected replica's `/ready`; `drain`: of a draining one;
+    /// `latency`: a user's call sent, under a tight limit, to a replica the choice had been
+    /// passing over (a revisit).
     pub(crate) kind: &'static str,
     pub(crate) result: &'static str,
 }
@@ -62,8 +65,6 @@ pub(crate) struct Upstream {
     pub(crate) drains: Family<ReplicaLabel, Counter>,
     pub(crate) probes: Family<ProbeLabels, Counter>,
     pub(crate) resolutions: Family<ReasonLabel, Counter>,
-    /// The replica set, read at each scrape.
-    replicas: Arc<OnceLock<Weak<Replicas>>>,
 }
 
 /// The call-duration histogram, with the buckets of every latency histogram.
@@ -77,9 +78,14 @@ impl Default for UpstreamDuration {
 }
 
 impl Upstream {
-    /// Registers every metric in `registry`; the per-replica gauges follow `replicas` once
-    /// [`Upstream::watch`] names it.
-    pub(crate) fn register(&self, registry: &mut Registry) {
+    /// Registers every metric in `registry`; the gauges read `replicas` and `pool` at each
+    /// scrape (while they live).
+    pub(crate) fn register(
+        &self,
+        registry: &mut Registry,
+        replicas: &Arc<Replicas>,
+        pool: &Arc<Pool>,
+    ) {
         registry.register(
             "upstream_requests",
             "Calls to Service A by the replica that answered last and outcome: ok, or the 503 kind",
@@ -125,16 +131,22 @@ impl Upstream {
             "Resolutions of Service A's host names by reason: periodic, refused (a connect was refused), no_replica",
             self.resolutions.clone(),
         );
-        registry.register_collector(Box::new(PerReplica(Arc::clone(&self.replicas))));
+        registry.register_collector(Box::new(PerReplica(Arc::downgrade(replicas))));
+        registry.register_collector(Box::new(Idle(Arc::downgrade(pool))));
     }
 
-    /// The replica set whose gauges each scrape shows.
-    pub(crate) fn watch(&self, replicas: &Arc<Replicas>) {
-        let _ = self.replicas.set(Arc::downgrade(replicas));
+    /// Counts one replica seen starting to drain.
+    pub(crate) fn drained(&self, replica: SocketAddr) {
+        self.drains
+            .get_or_create(&ReplicaLabel {
+                replica: replica.to_string(),
+            })
+            .inc();
     }
+}
 
-    /// Counts one ejection of `replica`.
-    pub(crate) fn ejected(&self, replica: std::net::SocketAddr) {
+impl Events for Upstream {
+    fn ejected(&self, replica: SocketAddr) {
         self.ejections
             .get_or_create(&ReplicaLabel {
                 replica: replica.to_string(),
@@ -142,17 +154,7 @@ impl Upstream {
             .inc();
     }
 
-    /// Counts one replica seen starting to drain.
-    pub(crate) fn drained(&self, replica: std::net::SocketAddr) {
-        self.drains
-            .get_or_create(&ReplicaLabel {
-                replica: replica.to_string(),
-            })
-            .inc();
-    }
-
-    /// Counts one probe.
-    pub(crate) fn probed(&self, replica: std::net::SocketAddr, kind: &'static str, ok: bool) {
+    fn probed(&self, replica: SocketAddr, kind: &'static str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.probes
             .get_or_create(&ProbeLabels {
@@ -162,19 +164,25 @@ impl Upstream {
             })
             .inc();
     }
+
+    fn resolved(&self, why: &'static str) {
+        self.resolutions
+            .get_or_create(&ReasonLabel { reason: why })
+            .inc();
+    }
 }
 
 /// The per-replica gauges, read from the set at each scrape.
 #[derive(Debug)]
-struct PerReplica(Arc<OnceLock<Weak<Replicas>>>);
+struct PerReplica(Weak<Replicas>);
 
 impl Collector for PerReplica {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(replicas) = self.0.get().and_then(Weak::upgrade) else {
+        let Some(replicas) = self.0.upgrade() else {
             return Ok(());
         };
         let set = replicas.snapshot();
-        let now = crate::replica::now_ns();
+        let now = now_ns();
         gauge(&mut encoder, &set, "circuit_breaker_state",
             "The breaker of each replica of Service A: 0 closed, 1 open (ejected), 2 half-open (being probed)",
             |r| r.breaker.state_value())?;
@@ -187,14 +195,34 @@ impl Collector for PerReplica {
         )?;
         gauge(&mut encoder, &set, "upstream_latency_estimate_seconds",
             "The latency estimate the choice of replica uses: peak EWMA of answer times, or the wait of a call still without an answer",
-            |r| r.estimate_ns(now) / 1e9)?;
+            |r| r.load.estimate_ns(now) / 1e9)?;
         gauge(
             &mut encoder,
             &set,
             "upstream_replica_in_flight",
             "Calls in flight on each replica of Service A",
-            |r| r.pending() as i64,
+            |r| r.load.pending() as i64,
         )
+    }
+}
+
+/// The idle connections to A, read from the pool at each scrape.
+#[derive(Debug)]
+struct Idle(Weak<Pool>);
+
+impl Collector for Idle {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(pool) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let help = "Idle connections to Service A kept for the next calls, all replicas together";
+        let family = encoder.encode_descriptor(
+            "upstream_idle_connections",
+            help,
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(pool.idle() as i64).encode(family)
     }
 }
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags};
 
-use super::conn::{Conn, LINGER_BYTES};
+use super::conn::Conn;
+use super::deadlines::LINGER_BYTES;
 use super::encode::encode;
 use super::Core;
 use crate::http::{request_id, Response};

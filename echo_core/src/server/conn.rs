@@ -10,34 +10,18 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::app::Answered;
-use super::poller::{Interest, Token};
+use super::deadlines::{
+    first_wait, waiting, HEAD_TIMEOUT, IDLE_TIMEOUT, LINGER, LINGER_BYTES, STOP_FIRST_REQUEST,
+    WRITE_TIMEOUT,
+};
 use super::wire::parse_head;
 use super::Core;
+use super::{Interest, Token};
 use crate::http::Blocking;
 
-/// The whole request head must arrive within this, from its first byte (slowloris).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A keep-alive connection with no new request for this long is closed. Longer than a
-/// pooling client keeps an idle connection (B's: 15 s), so such a client never reuses a
-/// connection just as we close it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Each whole answer must be written within this (a client that stopped reading).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection over `--max-connections` has this long to send its request (a health check
-/// sends at once; a silent one must not hold a place for long).
-const OVER_LIMIT_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
-/// After its last answer, a connection's unread input is drained for at most this long (or
-/// [`LINGER_BYTES`]) before the close: closing with input unread sends a reset, which can
-/// destroy that answer (a 400, say) before the client has read it.
-const LINGER: Duration = Duration::from_secs(2);
-pub(super) const LINGER_BYTES: usize = 64 * 1024;
-/// At the stop, a connection that has sent nothing yet has this long to begin its first
-/// request (it was accepted, so it is answered: a client that connects and sends at once
-/// must not find its connection closed under it).
-pub(super) const STOP_FIRST_REQUEST: Duration = Duration::from_secs(1);
 /// Answers buffered before they are written: beyond this, pipelined requests wait.
 const OUTPUT_HIGH: usize = 64 * 1024;
 /// Reads per event at most, so that one busy client cannot keep a worker to itself.
@@ -45,18 +29,6 @@ const READS_PER_EVENT: usize = 8;
 /// A buffer this large is released when it empties; smaller ones are kept for the next
 /// request, so an idle connection keeps at most this much.
 const KEEP_BYTES: usize = 4096;
-
-/// What an armed connection waits for, for the timer and the stop (see [`Conn::waiting`]).
-pub(super) mod waiting {
-    /// A worker (or the timer, for a delayed answer) has it.
-    pub const BUSY: u8 = 0;
-    /// Its first request: nothing has arrived yet.
-    pub const FIRST: u8 = 1;
-    /// Its next request, after an answer: an idle keep-alive connection.
-    pub const NEXT: u8 = 2;
-    /// The rest of a request, or room for the rest of an answer, or the client's close.
-    pub const MORE: u8 = 3;
-}
 
 /// One accepted connection: its socket, its name in the epoll set, its deadline and the
 /// state only the worker that has it touches.
@@ -125,29 +97,15 @@ impl Conn {
         clock: impl Fn(Instant) -> u64,
     ) -> Conn {
         let accepted = Instant::now();
-        let first_wait = if over_limit {
-            OVER_LIMIT_HEAD_TIMEOUT
-        } else {
-            HEAD_TIMEOUT
-        };
         Conn {
             stream,
             token,
             accepted,
             over_limit,
-            deadline: AtomicU64::new(clock(accepted + first_wait)),
+            deadline: AtomicU64::new(clock(accepted + first_wait(over_limit))),
             waiting: AtomicU8::new(waiting::FIRST),
             interest: AtomicU8::new(0),
             state: Mutex::new(State::default()),
-        }
-    }
-
-    /// How long it may wait for its first request.
-    fn first_wait(&self) -> Duration {
-        if self.over_limit {
-            OVER_LIMIT_HEAD_TIMEOUT
-        } else {
-            HEAD_TIMEOUT
         }
     }
 
@@ -364,7 +322,7 @@ impl State {
             let limit = if self.served {
                 HEAD_TIMEOUT
             } else {
-                conn.first_wait()
+                first_wait(conn.over_limit)
             };
             return Next::Arm(Interest::Read, waiting::MORE, since + limit);
         }
@@ -374,7 +332,7 @@ impl State {
             }
             return Next::Arm(Interest::Read, waiting::NEXT, now + IDLE_TIMEOUT);
         }
-        let mut deadline = conn.accepted + conn.first_wait();
+        let mut deadline = conn.accepted + first_wait(conn.over_limit);
         if let Some(stop) = core.stopped_at() {
             deadline = deadline.min(stop + STOP_FIRST_REQUEST);
         }

@@ -14,6 +14,7 @@
 mod accept;
 mod app;
 mod conn;
+mod deadlines;
 mod encode;
 mod host;
 mod poller;
@@ -40,7 +41,21 @@ use poller::Poller;
 use timer::Timer;
 use workers::Workers;
 
-pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
+/// What a connection waits for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Interest {
+    /// The next bytes of a request (or the end of a lingering connection).
+    Read,
+    /// Room in the socket's send buffer for the rest of an answer (nothing else is read).
+    Write,
+    /// Anything: a connection armed so is handled at once (the stop wakes idle ones).
+    Any,
+}
+
+/// A connection's name in the epoll set: its slot (low 32 bits) and the slot's generation.
+pub(super) type Token = u64;
+
+pub use deadlines::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
 pub use wire::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TARGET_BYTES};
 /// Descriptors kept back from `--max-connections`' default for the process itself (or a
 /// quarter of the limit, if that is less).
@@ -322,15 +337,17 @@ impl Core {
         self.timer.nudge(false);
     }
 
-    /// Closes a connection for good; during a stop, the last one ends the server.
+    /// Closes a connection for good (once); during a stop, the last one ends the server.
     fn close(&self, conn: &Conn) {
+        let Some(left) = self.poller.forget(conn) else {
+            return;
+        };
         let counter = if conn.over_limit {
             &self.over
         } else {
             &self.open
         };
         counter.fetch_sub(1, Ordering::SeqCst);
-        let left = self.poller.forget(conn);
         if self.app.stopping() {
             self.closed.1.notify_all();
             if left == 0 {

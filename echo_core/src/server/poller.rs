@@ -16,30 +16,16 @@ use rustix::event::epoll::{self, Event, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags, Timespec};
 
 use super::conn::Conn;
+use super::{Interest, Token};
 
-/// What a connection waits for next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Interest {
-    /// The next bytes of a request (or the end of a lingering connection).
-    Read,
-    /// Room in the socket's send buffer for the rest of an answer (nothing else is read).
-    Write,
-    /// Anything: a connection armed so is handled at once (the stop wakes idle ones).
-    Any,
-}
-
-impl Interest {
-    fn flags(self) -> EventFlags {
-        match self {
-            Interest::Read => EventFlags::IN | EventFlags::ONESHOT,
-            Interest::Write => EventFlags::OUT | EventFlags::ONESHOT,
-            Interest::Any => EventFlags::IN | EventFlags::OUT | EventFlags::ONESHOT,
-        }
+/// The epoll flags of an interest: each one-shot.
+fn flags(interest: Interest) -> EventFlags {
+    match interest {
+        Interest::Read => EventFlags::IN | EventFlags::ONESHOT,
+        Interest::Write => EventFlags::OUT | EventFlags::ONESHOT,
+        Interest::Any => EventFlags::IN | EventFlags::OUT | EventFlags::ONESHOT,
     }
 }
-
-/// A connection's name in the epoll set: its slot (low 32 bits) and the slot's generation.
-pub(super) type Token = u64;
 
 /// Events taken by one wait at most.
 pub(super) const BATCH: usize = 32;
@@ -108,7 +94,7 @@ impl Poller {
             &self.epoll,
             conn.stream.as_fd(),
             EventData::new_u64(conn.token),
-            Interest::Read.flags(),
+            flags(Interest::Read),
         );
         if let Err(e) = added {
             self.forget(&conn);
@@ -124,25 +110,26 @@ impl Poller {
             &self.epoll,
             conn.stream.as_fd(),
             EventData::new_u64(conn.token),
-            interest.flags(),
+            flags(interest),
         );
     }
 
     /// Takes a connection out of the epoll set and the table; its slot's next user gets
-    /// the next generation. Returns how many connections are still open.
-    pub(super) fn forget(&self, conn: &Conn) -> usize {
+    /// the next generation. Returns how many connections are still open, or `None` if it
+    /// was already forgotten.
+    pub(super) fn forget(&self, conn: &Conn) -> Option<usize> {
         let _ = epoll::delete(&self.epoll, conn.stream.as_fd());
         let mut table = self.table();
         let slot = (conn.token & u64::from(u32::MAX)) as u32;
-        if let Some(entry) = table.slots.get_mut(slot as usize) {
-            if entry.conn.as_ref().is_some_and(|c| c.token == conn.token) {
-                entry.conn = None;
-                entry.generation = entry.generation.wrapping_add(1);
-                table.free.push(slot);
-                table.open -= 1;
-            }
+        let entry = table.slots.get_mut(slot as usize)?;
+        if entry.conn.as_ref().is_none_or(|c| c.token != conn.token) {
+            return None;
         }
-        table.open
+        entry.conn = None;
+        entry.generation = entry.generation.wrapping_add(1);
+        table.free.push(slot);
+        table.open -= 1;
+        Some(table.open)
     }
 
     /// The connection a token names, unless the token is stale.

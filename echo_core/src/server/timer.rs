@@ -11,9 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::conn::{waiting, Conn};
-use super::poller::{Interest, Token};
+use super::conn::Conn;
+use super::deadlines::{waiting, STOP_FIRST_REQUEST};
 use super::Core;
+use super::{Interest, Token};
 
 /// How often deadlines are checked: the precision of every timeout.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -119,7 +120,7 @@ fn sweep(core: &Core, now: Instant) {
             match conn.waiting.load(Ordering::SeqCst) {
                 waiting::NEXT => idle.push(Arc::clone(conn)),
                 waiting::FIRST => {
-                    let last = core.clock(stop + super::conn::STOP_FIRST_REQUEST);
+                    let last = core.clock(stop + STOP_FIRST_REQUEST);
                     if deadline > last {
                         let swap = Ordering::SeqCst;
                         let _ = conn.deadline.compare_exchange(deadline, last, swap, swap);

@@ -7,13 +7,15 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use super::poller::{Token, BATCH};
+use super::poller::BATCH;
 use super::Core;
+use super::Token;
 use crate::http::Blocking;
 
 /// A worker beyond `--workers` with nothing to do this long ends.
@@ -121,7 +123,15 @@ fn work(core: Arc<Core>) {
         section.lock().extend(ready.drain(..));
         while let Some(token) = section.next() {
             if let Some(conn) = core.poller.lookup(token) {
-                conn.ready(&core, &mut scratch, &worker);
+                let handled = catch_unwind(AssertUnwindSafe(|| {
+                    conn.ready(&core, &mut scratch, &worker);
+                }));
+                if handled.is_err() {
+                    // A handler's panic is a 500 already; this is one of ours: the
+                    // connection ends, the worker goes on.
+                    log::error!(target: core.app.name, "a worker panicked; connection closed");
+                    core.close(&conn);
+                }
             }
         }
         max = if section.blocked.swap(false, Ordering::Relaxed) {

@@ -4,77 +4,59 @@
 //! A drains), readmitting it on a 200 and ejecting it again, for longer, on anything else;
 //! and it asks a replica that said it drains for its `/ready` until it says 200.
 //! So no user call is ever the trial of an ejected replica, and no call ever resolves.
+//! It also runs its owner's [`Chore`] on its timer (B closes its idle connections gone
+//! stale, see `upstream::Pool::prune`).
 
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::call::DRAIN_CHECK_EVERY;
-use crate::replica::{now_ns, Replica};
-use crate::replicas::{median_estimate, Replicas};
+use super::ewma::now_ns;
+use super::replica::median_estimate;
+use super::replica::{Replica, DRAIN_CHECK_EVERY};
+use super::set::{Replicas, Wake};
 
-/// The longest B waits for an ejected replica's `/ready`.
+/// The longest B waits for a replica's `/ready`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How calls wake the thread: a re-resolution asked for, and why.
-#[derive(Debug, Default)]
-pub(crate) struct Wake {
-    state: Mutex<Rung>,
-    cv: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Rung {
-    rung: bool,
-    asked: Option<&'static str>,
-}
-
-impl Wake {
-    /// Asks for a re-resolution (`Some(why)`), or only for another look at the probes due.
-    pub(crate) fn ring(&self, why: Option<&'static str>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.rung = true;
-        if why.is_some() {
-            state.asked = why;
-        }
-        self.cv.notify_all();
-    }
-
-    /// Waits at most `limit` for a ring; returns the re-resolution asked for, if any.
-    fn wait(&self, limit: Duration) -> Option<&'static str> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut state, _) = self
-            .cv
-            .wait_timeout_while(state, limit, |s| !s.rung)
-            .unwrap_or_else(|p| p.into_inner());
-        state.rung = false;
-        state.asked.take()
-    }
+/// A job the upkeep thread runs every `every`, for the one who starts it.
+pub(crate) struct Chore {
+    pub(crate) every: Duration,
+    pub(crate) run: Box<dyn Fn() + Send>,
 }
 
 /// Starts the thread; it ends once the replicas are dropped.
-pub(crate) fn start(replicas: &Arc<Replicas>, resolve_every: Duration) {
+pub(crate) fn start(replicas: &Arc<Replicas>, resolve_every: Duration, chore: Chore) {
     let weak: Weak<Replicas> = Arc::downgrade(replicas);
     let wake = Arc::clone(&replicas.wake);
     let spawned = thread::Builder::new()
         .name("service_b-upkeep".to_string())
-        .spawn(move || run(&weak, &wake, resolve_every));
+        .spawn(move || run(&weak, &wake, resolve_every, &chore));
     if let Err(e) = spawned {
         log::error!(target: "service_b", "cannot start the upkeep thread: {e}; names are not resolved again and ejected replicas are not probed");
     }
 }
 
-fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration) {
+fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration, chore: &Chore) {
     let mut next_resolution = Instant::now() + every;
+    let mut next_chore = Instant::now() + chore.every;
     let mut asked = None;
     loop {
         let Some(replicas) = weak.upgrade() else {
             return;
         };
+        if Instant::now() >= next_chore {
+            (chore.run)();
+            next_chore = Instant::now() + chore.every;
+        }
         if let Some(why) = asked.take() {
             resolve(&replicas, why);
-        } else if Instant::now() >= next_resolution && replicas.has_names() {
-            resolve(&replicas, "periodic");
+        } else if Instant::now() >= next_resolution {
+            // Moved on even with no name to resolve: a time left in the past would make
+            // every wait below 1 ms long.
+            if replicas.has_names() {
+                resolve(&replicas, "periodic");
+            }
             next_resolution = Instant::now() + every;
         }
         let set = replicas.snapshot();
@@ -86,10 +68,10 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration) {
         for replica in set.iter().filter(draining_due) {
             check_drain(&replicas, replica);
         }
-        // Sleep until the next resolution or probe, whichever comes first; a call may wake
-        // us sooner. The replicas are not held meanwhile, so they can be dropped.
+        // Sleep until the next resolution, probe or chore, whichever comes first; a call may
+        // wake us sooner. The replicas are not held meanwhile, so they can be dropped.
         let now = Instant::now();
-        let mut until = next_resolution.max(now);
+        let mut until = next_resolution.min(next_chore).max(now);
         if let Some(soonest) = set.iter().filter_map(|r| r.breaker.probe_at()).min() {
             until = until.min(soonest.max(now));
         }
@@ -107,11 +89,7 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration) {
 }
 
 fn resolve(replicas: &Replicas, why: &'static str) {
-    replicas
-        .metrics
-        .resolutions
-        .get_or_create(&crate::metrics::ReasonLabel { reason: why })
-        .inc();
+    replicas.events.resolved(why);
     if why != "periodic" {
         log::info!(target: "service_b", "resolving Service A's names again now: {why}");
     }
@@ -127,11 +105,11 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
         Err(e) => Some(format!("/ready: {e}")),
     };
     let ok = failure.is_none();
-    replicas.metrics.probed(replica.addr, "health", ok);
+    replicas.events.probed(replica.addr, "health", ok);
     if replica.breaker.probed(failure) {
-        replica.readmitted(replicas.settings.slow_start, median_estimate(set));
+        replica.start_slowly(replicas.settings.slow_start, median_estimate(set));
     } else {
-        replicas.metrics.ejected(replica.addr);
+        replicas.events.ejected(replica.addr);
     }
 }
 
@@ -140,7 +118,7 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
 fn check_drain(replicas: &Replicas, replica: &Replica) {
     let ready = echo_core::cli::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT)
         .is_ok_and(|status| status == 200);
-    replicas.metrics.probed(replica.addr, "drain", ready);
+    replicas.events.probed(replica.addr, "drain", ready);
     if ready {
         replica.stop_draining();
         log::info!(target: "service_b", "replica {} is ready again after its drain", replica.addr);

@@ -8,41 +8,18 @@
 //! lock is taken on failures and state changes only. It remembers the last failure, so a
 //! call refused while every replica is out can still say what went wrong.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::error::Ejected;
+
 /// Calls go through.
-const CLOSED: u8 = 0;
+const IN: u8 = 0;
 /// Ejected until its cooldown ends.
-const OPEN: u8 = 1;
+const EJECTED: u8 = 1;
 /// The cooldown ended and B's probe is deciding.
 const PROBING: u8 = 2;
-
-/// Why a call was refused without reaching A: every replica is ejected. Its `Display` is
-/// the 503 `details`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Open {
-    /// Until the replica's next probe.
-    pub left: Duration,
-    /// Failed calls in a row that ejected it.
-    pub failures: u32,
-    /// The last failure, as its 503 `details` said.
-    pub last: String,
-}
-
-impl fmt::Display for Open {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Circuit open after {} failures; last: {}; next try in {}ms",
-            self.failures,
-            self.last,
-            self.left.as_millis()
-        )
-    }
-}
 
 /// A breaker; `threshold` 0 switches it off.
 #[derive(Debug)]
@@ -87,7 +64,7 @@ impl Breaker {
             threshold,
             cooldown,
             max_cooldown: max_cooldown.max(cooldown),
-            state: AtomicU8::new(CLOSED),
+            state: AtomicU8::new(IN),
             failures: AtomicU32::new(0),
             inner: Mutex::new(Inner {
                 failures: 0,
@@ -113,14 +90,14 @@ impl Breaker {
     /// The cooldown of the current ejection (zero while in).
     pub(crate) fn cooldown(&self) -> Duration {
         match self.state.load(Ordering::Relaxed) {
-            CLOSED => Duration::ZERO,
+            IN => Duration::ZERO,
             _ => self.lock().cooldown,
         }
     }
 
     /// Whether calls may go to the replica: closed (or switched off).
     pub(crate) fn available(&self) -> bool {
-        self.threshold == 0 || self.state.load(Ordering::Relaxed) == CLOSED
+        self.threshold == 0 || self.state.load(Ordering::Relaxed) == IN
     }
 
     /// A call succeeded: the count of failures in a row starts again.
@@ -136,7 +113,7 @@ impl Breaker {
     /// that ends while the breaker is not closed (it started before) changes nothing.
     /// Returns whether this failure ejected the replica.
     pub(crate) fn failed(&self, cause: String, may_eject: impl FnOnce() -> bool) -> bool {
-        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != CLOSED {
+        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN {
             return false;
         }
         let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
@@ -159,7 +136,7 @@ impl Breaker {
     /// Opens the breaker for the next cooldown of the series.
     fn eject(&self, inner: &mut Inner, why: &str) {
         if inner.closed_since.elapsed() >= self.max_cooldown
-            && self.state.load(Ordering::SeqCst) == CLOSED
+            && self.state.load(Ordering::SeqCst) == IN
         {
             inner.ejections = 0; // in for long enough: the series starts again
         }
@@ -171,24 +148,29 @@ impl Breaker {
         inner.ejections = inner.ejections.saturating_add(1);
         inner.until = Instant::now() + cooldown;
         inner.cooldown = cooldown;
-        self.state.store(OPEN, Ordering::SeqCst);
+        self.state.store(EJECTED, Ordering::SeqCst);
         log::warn!(target: "service_b", "{} ejected: {why}; probe in {}ms (ejection {} in a row)", self.name, cooldown.as_millis(), inner.ejections);
     }
 
     /// Whether the cooldown is over and B's probe should decide now; true once per
     /// cooldown (the breaker is half-open until [`Breaker::probed`]).
     pub(crate) fn probe_due(&self) -> bool {
-        if self.state.load(Ordering::SeqCst) != OPEN || self.lock().until > Instant::now() {
+        if self.state.load(Ordering::SeqCst) != EJECTED || self.lock().until > Instant::now() {
             return false;
         }
         self.state
-            .compare_exchange(OPEN, PROBING, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(EJECTED, PROBING, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+
+    /// Which ejection in a row the current (or last) one is: the cooldown doubles with each.
+    pub(crate) fn ejections_in_a_row(&self) -> u32 {
+        self.lock().ejections
     }
 
     /// When the current cooldown ends (`None` while closed).
     pub(crate) fn probe_at(&self) -> Option<Instant> {
-        (self.state.load(Ordering::SeqCst) == OPEN).then(|| self.lock().until)
+        (self.state.load(Ordering::SeqCst) == EJECTED).then(|| self.lock().until)
     }
 
     /// The probe's outcome: `None` readmits the replica (and returns true); a failure
@@ -202,7 +184,7 @@ impl Breaker {
             None => {
                 self.failures.store(0, Ordering::SeqCst);
                 inner.closed_since = Instant::now();
-                self.state.store(CLOSED, Ordering::SeqCst);
+                self.state.store(IN, Ordering::SeqCst);
                 log::warn!(target: "service_b", "{} readmitted: B's probe succeeded", self.name);
                 true
             }
@@ -221,23 +203,23 @@ impl Breaker {
     pub(crate) fn returned(&self) {
         let mut inner = self.lock();
         inner.ejections = 0;
-        if self.state.load(Ordering::SeqCst) == OPEN {
+        if self.state.load(Ordering::SeqCst) == EJECTED {
             inner.until = Instant::now();
         }
     }
 
     /// `None` while calls may go through; else why not and until when (a replica being
     /// probed counts as out for at most 1 s more).
-    pub(crate) fn ejected(&self) -> Option<Open> {
+    pub(crate) fn ejected(&self) -> Option<Ejected> {
         if self.available() {
             return None;
         }
         let inner = self.lock();
         let left = match self.state.load(Ordering::SeqCst) {
-            OPEN => inner.until.saturating_duration_since(Instant::now()),
+            EJECTED => inner.until.saturating_duration_since(Instant::now()),
             _ => self.cooldown.min(Duration::from_secs(1)),
         };
-        Some(Open {
+        Some(Ejected {
             left,
             failures: inner.failures,
             last: inner.last.clone(),
@@ -279,9 +261,6 @@ mod tests {
             (open.failures, open.last.as_str()),
             (3, "Connection error: refused")
         );
-        let details = open.to_string();
-        let want = "Circuit open after 3 failures; last: Connection error: refused; next try in ";
-        assert!(details.starts_with(want), "{details}");
         assert_eq!(
             (b.state_value(), b.cooldown()),
             (1, Duration::from_secs(60))

@@ -4,18 +4,19 @@
 //! background (`upkeep`) every `--resolve-every-ms` and at once (at most every
 //! [`MIN_RESOLVE_GAP`]) when a call finds no usable replica or a connect is refused; never
 //! on a call's path. An IP literal is never resolved. A replica that joins a running set
-//! starts slowly (see `choice`).
+//! starts slowly (see `choice`). The set owns the [`Wake`] by which calls wake its upkeep
+//! thread, and tells what happens to it through [`Events`] (the caller's metrics).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::breaker::{Breaker, Open};
-use crate::metrics::Upstream;
-use crate::replica::{now_ns, Replica};
-use crate::target::{Resolve, Target};
-use crate::upkeep::Wake;
+use super::breaker::Breaker;
+use super::discovery::{Resolve, Target};
+use super::ewma::now_ns;
+use super::replica::{median_estimate, Replica};
+use crate::error::NoReplica;
 
 /// How long the state of a replica that left its name's addresses is kept for its return.
 const DEPARTED_KEPT: Duration = Duration::from_secs(600);
@@ -32,13 +33,50 @@ pub(crate) struct Settings {
     pub(crate) slow_start: Duration,
 }
 
-/// Why no replica could take a call.
-#[derive(Debug)]
-pub(crate) enum NoReplica {
-    /// No address is known: every name failed to resolve so far.
-    Unresolved(String),
-    /// Every replica is ejected; the one whose probe comes first.
-    AllEjected(Open),
+/// What happens to the set, told to whoever counts it (B's metrics).
+pub(crate) trait Events: Send + Sync + std::fmt::Debug {
+    /// A replica was ejected (by its calls or by a failed probe).
+    fn ejected(&self, replica: SocketAddr);
+    /// B's own `GET /ready` of a replica: `kind` `health` (ejected) or `drain` (draining).
+    fn probed(&self, replica: SocketAddr, kind: &'static str, ok: bool);
+    /// The names were resolved again, because of `why`.
+    fn resolved(&self, why: &'static str);
+}
+
+/// How calls wake the upkeep thread: a re-resolution asked for, and why.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    state: Mutex<Rung>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Rung {
+    rung: bool,
+    asked: Option<&'static str>,
+}
+
+impl Wake {
+    /// Asks for a re-resolution (`Some(why)`), or only for another look at the probes due.
+    fn ring(&self, why: Option<&'static str>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.rung = true;
+        if why.is_some() {
+            state.asked = why;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Waits at most `limit` for a ring; returns the re-resolution asked for, if any.
+    pub(crate) fn wait(&self, limit: Duration) -> Option<&'static str> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut state, _) = self
+            .cv
+            .wait_timeout_while(state, limit, |s| !s.rung)
+            .unwrap_or_else(|p| p.into_inner());
+        state.rung = false;
+        state.asked.take()
+    }
 }
 
 /// The replica set, replaced whole when a resolution changes it.
@@ -52,7 +90,7 @@ pub(crate) struct Replicas {
     /// [`DEPARTED_KEPT`] keeps its breaker (an ejected replica still owes its probe).
     departed: Mutex<Vec<(Arc<Replica>, Instant)>>,
     pub(crate) settings: Settings,
-    pub(crate) metrics: Arc<Upstream>,
+    pub(crate) events: Arc<dyn Events>,
     /// How calls wake the upkeep thread.
     pub(crate) wake: Arc<Wake>,
     /// When a call last asked for a re-resolution.
@@ -74,7 +112,7 @@ impl Replicas {
         targets: Vec<Target>,
         resolve: Resolve,
         settings: Settings,
-        metrics: Arc<Upstream>,
+        events: Arc<dyn Events>,
     ) -> Replicas {
         let replicas = Replicas {
             targets,
@@ -83,7 +121,7 @@ impl Replicas {
             unresolved: RwLock::new(String::new()),
             departed: Mutex::new(Vec::new()),
             settings,
-            metrics,
+            events,
             wake: Arc::new(Wake::default()),
             asked_at: AtomicU64::new(0),
         };
@@ -130,7 +168,8 @@ impl Replicas {
         self.wake.ring(Some(why));
     }
 
-    /// Asks the upkeep thread to look at the probes due again (a replica was ejected).
+    /// Asks the upkeep thread to look at the probes due again (a replica was ejected or
+    /// drains).
     pub(crate) fn wake_upkeep(&self) {
         self.wake.ring(None);
     }
@@ -263,22 +302,20 @@ impl Replicas {
     }
 }
 
-/// The middle estimate of the usable replicas (0 with none): where a joining replica starts.
-pub(crate) fn median_estimate(set: &[Arc<Replica>]) -> f64 {
-    let now = now_ns();
-    let mut estimates: Vec<f64> = set
-        .iter()
-        .filter(|r| r.usable())
-        .map(|r| r.estimate_ns(now))
-        .collect();
-    estimates.sort_by(f64::total_cmp);
-    estimates.get(estimates.len() / 2).copied().unwrap_or(0.0)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::target::system_resolver;
+    use crate::balance::discovery::system_resolver;
+
+    /// Events nobody counts.
+    #[derive(Debug)]
+    struct Uncounted;
+
+    impl Events for Uncounted {
+        fn ejected(&self, _: SocketAddr) {}
+        fn probed(&self, _: SocketAddr, _: &'static str, _: bool) {}
+        fn resolved(&self, _: &'static str) {}
+    }
 
     pub(crate) fn replicas(urls: &[&str]) -> Replicas {
         let targets = urls
@@ -292,12 +329,7 @@ pub(crate) mod tests {
             max_ejected_percent: 50,
             slow_start: Duration::from_secs(5),
         };
-        Replicas::new(
-            targets,
-            system_resolver(),
-            settings,
-            Arc::new(Upstream::default()),
-        )
+        Replicas::new(targets, system_resolver(), settings, Arc::new(Uncounted))
     }
 
     #[test]

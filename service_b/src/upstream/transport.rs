@@ -1,61 +1,40 @@
 //! What B's ureq calls run on, owned here because ureq's own TCP transport costs system calls
-//! a call to A need not make: our connector opens a TCP connection to the replica's address
-//! (no name lookup on a call: replicas are addresses), and our transport
-//! - checks a pooled connection with one non-blocking peek (`MSG_PEEK | MSG_DONTWAIT`), and
-//!   only when it is taken from the pool: handing it back just after its answer was read
-//!   needs no check (ureq asks twice; the next checkout looks anyway);
+//! a call to A need not make, and because B pools its connections itself (see `pool`):
+//! ureq keeps none. Each attempt gets its own [`Connect`], which takes an idle connection
+//! of the shared pool (or opens one to the replica's address: no name lookup on a call,
+//! replicas are addresses) and counts the bytes of the attempt's answer into a counter the
+//! attempt reads afterwards, so that an answer cut after its first bytes is never retried.
+//! Our transport
+//! - goes back to the pool only when ureq hands it back after a whole answer (ureq's
+//!   `reuse`, the one caller of [`Transport::is_open`] with ureq's own pool empty);
 //! - changes a socket timeout only when the call's deadline needs it: the timeout set on the
 //!   socket is never longer than what is left of the deadline, so no read or write can
 //!   outlive it, and it is set to half of what was left, so that later calls, which start
 //!   with the whole deadline, find it short enough and change nothing; a read that times out
-//!   early goes on with what is left;
-//! - counts the bytes of each attempt's answer and whether its connection was reused
-//!   ([`attempt_facts`]), so that an answer cut after its first bytes is never retried.
+//!   early goes on with what is left.
 
-use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport,
 };
 
-/// What the transport saw of the current attempt on this thread.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct AttemptFacts {
-    /// Bytes of the answer received.
-    pub(crate) received: usize,
-    /// The connection came from the pool (it may have died while idle).
-    pub(crate) reused: bool,
-}
+use super::pool::{clean, Link, Pool};
 
-thread_local! {
-    static FACTS: Cell<AttemptFacts> = const { Cell::new(AttemptFacts { received: 0, reused: false }) };
-}
-
-/// Starts counting a new attempt on this thread.
-pub(crate) fn new_attempt() {
-    FACTS.with(|f| f.set(AttemptFacts::default()));
-}
-
-/// What the transport saw of this thread's current attempt.
-pub(crate) fn attempt_facts() -> AttemptFacts {
-    FACTS.with(Cell::get)
-}
-
-fn note(change: impl FnOnce(&mut AttemptFacts)) {
-    FACTS.with(|f| {
-        let mut facts = f.get();
-        change(&mut facts);
-        f.set(facts);
-    });
-}
+/// An attempt's input buffer, and (less one byte) the largest answer head accepted: A's
+/// head is about 150 bytes and its whole answer to a usual message under 2 KiB; a longer
+/// body is read through it in pieces. (ureq's default is 128 KiB, each way.)
+pub(crate) const INPUT_BUFFER: usize = 4 * 1024;
+/// An attempt's output buffer, which holds the whole request head: enough for a usual
+/// message; an attempt whose head needs more gets buffers of its own, not kept.
+pub(crate) const OUTPUT_BUFFER: usize = 2 * 1024;
 
 /// Replicas are addresses: the host of every URL B calls is an IP literal, answered here
 /// without a lookup (ureq's default resolver would start a thread per call).
@@ -77,9 +56,18 @@ impl Resolver for AddressOnly {
     }
 }
 
-/// Opens a [`Conn`] to the resolved address within the connect phase's time.
-#[derive(Debug, Default)]
-pub(crate) struct Connect;
+/// The connector of one attempt: an idle connection of the shared pool to the replica (unless
+/// the attempt must be `fresh`), else a new one within the connect phase's time. A fresh
+/// attempt's connection is not kept afterwards either (it follows a failure on that
+/// replica: its next call starts clean).
+#[derive(Debug)]
+pub(crate) struct Connect {
+    pub(crate) pool: Arc<Pool>,
+    /// On a new connection, never a pooled one (a retry on the same replica).
+    pub(crate) fresh: bool,
+    /// Bytes of the answer received, read by the attempt when it fails.
+    pub(crate) received: Arc<AtomicUsize>,
+}
 
 impl Connector<()> for Connect {
     type Out = Conn;
@@ -90,6 +78,28 @@ impl Connector<()> for Connect {
         _chained: Option<()>,
     ) -> Result<Option<Conn>, ureq::Error> {
         let addr = *details.addrs.first().ok_or(ureq::Error::HostNotFound)?;
+        let config = details.config;
+        // Buffers of the usual sizes stay with the connection from one attempt to the next.
+        let usual = (config.input_buffer_size(), config.output_buffer_size())
+            == (INPUT_BUFFER, OUTPUT_BUFFER);
+        let conn = |mut link: Link| Conn {
+            buffers: link.buffers.take().filter(|_| usual).unwrap_or_else(|| {
+                LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size())
+            }),
+            link: Some(link),
+            addr,
+            pool: Arc::clone(&self.pool),
+            received: Arc::clone(&self.received),
+            usual,
+            just_answered: false,
+            reusable: false,
+            keep: !self.fresh,
+        };
+        if !self.fresh {
+            if let Some(link) = self.pool.take(addr) {
+                return Ok(Some(conn(link)));
+            }
+        }
         let limit = details.timeout;
         if limit.after.is_zero() {
             return Err(ureq::Error::Timeout(limit.reason));
@@ -111,34 +121,51 @@ impl Connector<()> for Connect {
             Err(e) => return Err(e.into()),
         };
         stream.set_nodelay(true)?;
-        let config = details.config;
-        Ok(Some(Conn {
+        Ok(Some(conn(Link {
             stream,
-            buffers: LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
             read_timeout: None,
             write_timeout: None,
-            just_answered: false,
-        }))
+            buffers: None,
+        })))
     }
 }
 
-/// One TCP connection to a replica of A.
+/// One TCP connection to a replica of A, for one attempt; back to the pool after a whole
+/// answer, closed otherwise.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    /// `None` only once given back.
+    link: Option<Link>,
+    addr: SocketAddr,
+    pool: Arc<Pool>,
+    received: Arc<AtomicUsize>,
     buffers: LazyBuffers,
-    /// The socket's timeouts as last set (`None`: never set, blocking).
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
-    /// Bytes of an answer were just read: ureq handing the connection back to its pool
-    /// needs no check.
+    /// The buffers are of the usual sizes: they go back with the connection.
+    usual: bool,
+    /// Bytes of an answer were just read: ureq handing the connection back needs no check.
     just_answered: bool,
+    /// ureq handed it back after a whole answer, and it is clean.
+    reusable: bool,
+    /// It may go back to the pool (not a fresh attempt's).
+    keep: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(mut link) = self.link.take().filter(|_| self.reusable && self.keep) {
+            if self.usual {
+                link.buffers = Some(std::mem::replace(
+                    &mut self.buffers,
+                    LazyBuffers::new(1, 1), // allocates nothing
+                ));
+            }
+            self.pool.put(self.addr, link);
+        }
+    }
 }
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn")
-            .field("peer", &self.stream.peer_addr().ok())
-            .finish()
+        f.debug_struct("Conn").field("peer", &self.addr).finish()
     }
 }
 
@@ -164,6 +191,13 @@ fn timeout_for(current: Option<Duration>, left: Duration) -> Option<Duration> {
 }
 
 impl Conn {
+    /// The connection, until it is given back.
+    fn link(&mut self) -> io::Result<&mut Link> {
+        self.link
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
     /// Runs `io` until it succeeds or the deadline passes, keeping the socket's timeout
     /// within what is left; a wait that ends early because that timeout was shorter goes on.
     fn within<T>(
@@ -179,20 +213,21 @@ impl Conn {
                 if left.is_zero() {
                     return Err(ureq::Error::Timeout(timeout.reason));
                 }
-                let current = if write {
-                    self.write_timeout
-                } else {
-                    self.read_timeout
+                let link = self.link()?;
+                let current = match write {
+                    true => &mut link.write_timeout,
+                    false => &mut link.read_timeout,
                 };
-                if let Some(set) = timeout_for(current, left) {
-                    let sock = &self.stream;
-                    if write {
-                        sock.set_write_timeout(Some(set))?;
-                        self.write_timeout = Some(set);
-                    } else {
-                        sock.set_read_timeout(Some(set))?;
-                        self.read_timeout = Some(set);
+                if let Some(set) = timeout_for(*current, left) {
+                    match write {
+                        true => link.stream.set_write_timeout(Some(set))?,
+                        false => link.stream.set_read_timeout(Some(set))?,
                     }
+                    let current = match write {
+                        true => &mut link.write_timeout,
+                        false => &mut link.read_timeout,
+                    };
+                    *current = Some(set);
                 }
             }
             match io(self) {
@@ -224,7 +259,9 @@ impl Transport for Conn {
         let mut sent = 0;
         while sent < amount {
             let n = self.within(timeout, true, |conn| {
-                (&conn.stream).write(&conn.buffers.output()[sent..amount])
+                let Conn { link, buffers, .. } = conn;
+                let link = link.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+                link.stream.write(&buffers.output()[sent..amount])
             })?;
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
@@ -237,29 +274,23 @@ impl Transport for Conn {
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         let timeout = timeout.for_read();
         let n = self.within(timeout, false, |conn| {
-            (&conn.stream).read(conn.buffers.input_append_buf())
+            let Conn { link, buffers, .. } = conn;
+            let link = link.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+            link.stream.read(buffers.input_append_buf())
         })?;
         self.buffers.input_appended(n);
-        note(|facts| facts.received += n);
+        self.received.fetch_add(n, Ordering::Relaxed);
         self.just_answered = n > 0;
         Ok(n > 0)
     }
 
+    /// Called by ureq only when it hands the connection back after a whole answer (its own
+    /// pool is kept empty): the connection goes back to the shared pool if it is clean.
     fn is_open(&mut self) -> bool {
-        if std::mem::take(&mut self.just_answered) {
-            return true; // handed back right after its answer: the next checkout looks
-        }
-        let mut byte = [MaybeUninit::<u8>::uninit()];
-        let open = match SockRef::from(&self.stream)
-            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock, // nothing waiting: clean
-            Ok(_) => false, // closed (0), or bytes nobody asked for
-        };
-        if open {
-            note(|facts| facts.reused = true);
-        }
-        open
+        let clean = std::mem::take(&mut self.just_answered)
+            || self.link.as_ref().is_some_and(|link| clean(&link.stream));
+        self.reusable = clean;
+        clean
     }
 }
 

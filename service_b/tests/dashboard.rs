@@ -50,7 +50,7 @@ fn call(b: std::net::SocketAddr, id: &str) -> u16 {
 }
 
 #[test]
-fn replicas_shows_a_serving_replica_an_ejected_one_and_the_calls() {
+fn replicas_shows_a_live_replica_a_refusing_one_and_the_calls() {
     let a = service_a::spawn(service_a::Config::on("127.0.0.1:0")).expect("start service_a");
     let closed = closed_port();
     let mut config = Config::on("127.0.0.1:0", &a.url());
@@ -67,7 +67,14 @@ fn replicas_shows_a_serving_replica_an_ejected_one_and_the_calls() {
     let doc = doc.json();
     let replicas = doc["replicas"].as_array().cloned().unwrap_or_default();
     assert_eq!(replicas.len(), 2, "{doc}");
-    let (live, dead) = (&replicas[0], &replicas[1]);
+    let by = |addr: String| {
+        replicas
+            .iter()
+            .find(|r| r["address"] == json!(addr))
+            .cloned()
+    };
+    let live = by(a.addr().to_string()).unwrap_or_default();
+    let dead = by(closed.to_string()).unwrap_or_default();
     assert_eq!(live["address"], json!(a.addr().to_string()));
     assert_eq!(live["from"], json!(a.url()));
     assert!(

@@ -162,7 +162,12 @@ impl ServiceB {
             started,
         );
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
-        self.count(req, &result, replica.as_deref(), started);
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| (req.request_id.as_str(), e.to_string()));
+        let addr = replica.as_ref().map(|r| r.addr);
+        self.caller.stats.ended(started, outcome, addr, failed);
         self.caller
             .metrics
             .outcomes
@@ -175,29 +180,6 @@ impl ServiceB {
             Ok(echo) => Response::json(200, &json!({ "msg": msg, "echo_response": echo }))
                 .with_log_field("replica", replica_name),
             Err(e) => e.response().with_log_field("replica", replica_name),
-        }
-    }
-
-    /// Counts the call for `/replicas`, and remembers it if it failed.
-    fn count(
-        &self,
-        req: &Request,
-        result: &Result<serde_json::Value, CallError>,
-        replica: Option<&balance::Replica>,
-        started: Instant,
-    ) {
-        let end = Instant::now();
-        let kind = result.as_ref().map_or_else(CallError::kind, |_| "ok");
-        let made = replica.map(|_| end.saturating_duration_since(started));
-        self.caller.stats.call(end, kind, made);
-        if let Err(e) = result {
-            self.caller.stats.failed(window::Failure {
-                at_ms: window::unix_ms(),
-                request_id: req.request_id.clone(),
-                kind,
-                details: e.to_string(),
-                replica: replica.map(|r| r.addr),
-            });
         }
     }
 

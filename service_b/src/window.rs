@@ -202,6 +202,30 @@ impl CallStats {
         self.retries.add(second, usize::from(!spent));
     }
 
+    /// Counts a call begun at `started` that ended now with outcome `kind`, on `replica`
+    /// (`None`: A was not called); a failed one (its request id and 503 details) is also
+    /// remembered.
+    pub(crate) fn ended(
+        &self,
+        started: Instant,
+        kind: &'static str,
+        replica: Option<SocketAddr>,
+        failed: Option<(&str, String)>,
+    ) {
+        let end = Instant::now();
+        let made = replica.map(|_| end.saturating_duration_since(started));
+        self.call(end, kind, made);
+        if let Some((request_id, details)) = failed {
+            self.failed(Failure {
+                at_ms: unix_ms(),
+                request_id: request_id.to_string(),
+                kind,
+                details,
+                replica,
+            });
+        }
+    }
+
     /// Remembers a failed call, forgetting the oldest beyond [`RECENT_FAILURES`].
     pub(crate) fn failed(&self, failure: Failure) {
         let mut list = self.failures.lock().unwrap_or_else(|p| p.into_inner());

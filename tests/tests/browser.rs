@@ -5,6 +5,7 @@
 //! asserts on what the page shows (its replica rows), never on `/replicas` directly:
 //! three replicas serving; one slowed through its admin listener shows a rising latency and
 //! a falling share; one stopped shows ejected; restarted, it is probed back and serving.
+//! And with its only replica refusing, the page says plainly that B can reach none.
 //! A script error on the page fails the test. The screenshot is written to the test's
 //! target directory, and to docs/live-page.png with ECHO_UPDATE_SCREENSHOT=1 (the README's).
 //! Without chromium the test says so and passes, unless CI=true or ECHO_REQUIRE_CHROMIUM=1,
@@ -413,4 +414,36 @@ fn the_live_page_shows_a_slow_a_stopped_and_a_returning_replica() {
     let page = read(&driver);
     assert_eq!(page.load, "Off.");
     assert_eq!(page.rows.len(), 3);
+}
+
+#[test]
+fn the_live_page_says_plainly_when_b_can_reach_no_replica() {
+    let Some(driver) = Driver::start() else {
+        return;
+    };
+    let closed = format!("http://{}", echo_tests::closed_port());
+    let b = Running::start(
+        "service_b",
+        &["--listen", "127.0.0.1:0", "--service-a-url", &closed],
+    );
+    driver.goto(&format!("http://{}/", b.addr));
+    driver.run(
+        r#"document.getElementById("load-rate").value = "20";
+           document.getElementById("load-button").click();"#,
+    );
+    let (page, _) = wait_until(&driver, "the banner", Duration::from_secs(15), |p| {
+        p.rows.len() == 1 && p.rows[0].state == "ejected" && !p.banner.is_empty()
+    });
+    assert!(
+        page.banner
+            .starts_with("B cannot reach any replica of Service A"),
+        "{}",
+        page.banner
+    );
+    let failed = driver
+        .run(r##"return document.querySelectorAll("#failures tr[data-request-id]").length;"##);
+    assert!(
+        failed.as_u64() >= Some(5),
+        "the failed calls are listed: {failed}"
+    );
 }

@@ -17,6 +17,10 @@ fn handler(req: &Request) -> Response {
     match req.path.as_str() {
         "/panic" => panic!("handler panic on purpose"),
         "/big" => Response::json(200, &json!({ "data": "x".repeat(4000) })),
+        "/body" => Response::json(
+            200,
+            &json!({ "body": req.body, "type": req.content_type, "id": req.request_id }),
+        ),
         _ => Response::json(200, &json!({ "path": req.path, "id": req.request_id })),
     }
 }
@@ -42,6 +46,39 @@ fn every_response_has_the_common_headers() {
     let id = reply.header("X-Request-Id").unwrap_or("");
     assert_eq!(id.len(), 16, "{id}");
     assert_eq!(reply.json(), json!({"path": "/x", "id": id}));
+}
+
+#[test]
+fn a_small_body_and_its_content_type_reach_the_handler_byte_exact() {
+    let server = start();
+    // Two requests on one connection, the second without a body: each sees its own.
+    let raw = "PUT /body HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+               Content-Length: 3\r\n\r\n{\"}\
+               GET /body HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream.write_all(raw.as_bytes()).expect("write");
+    let mut reader = std::io::BufReader::new(stream);
+    let first = echo_tests::read_reply(&mut reader).expect("first answer");
+    let second = echo_tests::read_reply(&mut reader).expect("second answer");
+    assert_eq!(first.json()["body"], json!([123, 34, 125]));
+    assert_eq!(first.json()["type"], json!("application/json"));
+    assert_eq!(
+        (second.json()["body"].clone(), second.json()["type"].clone()),
+        (json!([]), json!(null))
+    );
+    // The largest body accepted arrives whole (a larger one is 413 before any handler).
+    let body = "b".repeat(echo_core::server::MAX_BODY_BYTES);
+    let reply = send(
+        server.addr(),
+        &format!(
+            "PUT /body HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(
+        reply.json()["body"].as_array().map(Vec::len),
+        Some(body.len())
+    );
 }
 
 #[test]

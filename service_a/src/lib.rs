@@ -4,18 +4,27 @@
 //! Faults can be injected into `/echo` (never `/health` or `/metrics`) for demos and tests:
 //! `--delay-ms` slows every call (the timeout demo), `--fail-rate` fails a reproducible
 //! share of calls (`--seed`), and a caller may ask for `delay_ms` and `status` per request.
+//! With `--admin-listen`, a second listener changes the first three while A runs (`admin`).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use echo_core::{route, Metrics, Request, Response, ServerHandle};
 use log::LevelFilter;
 use serde_json::json;
+
+mod admin;
+mod faults;
+
+pub use admin::Admin;
+use faults::Draws;
+pub use faults::{
+    parse_change, Change, Faults, FaultsError, LiveFaults, FAIL_STATUSES, MAX_DELAY_MS,
+};
 
 /// Service A's settings. [`Config::default`] is the documented default of every flag;
 /// tests build it directly, and only `main.rs` knows the command line.
@@ -46,6 +55,9 @@ pub struct Config {
     /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
     /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
     pub drain_ms: u64,
+    /// Address of the admin listener (`GET`/`PUT /faults`), loopback in every example;
+    /// `None` (the default) opens none. Needs [`start`].
+    pub admin_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -62,6 +74,7 @@ impl Default for Config {
             log_level: LevelFilter::Info,
             log_format: echo_core::LogFormat::Text,
             drain_ms: 5000,
+            admin_listen: None,
         }
     }
 }
@@ -76,32 +89,11 @@ impl Config {
     }
 }
 
-/// A reproducible sequence of draws in [0, 1): the n-th `/echo` call gets the n-th draw of
-/// the seed's sequence, with no lock. fastrand's generator (wyrand) steps its state by a
-/// constant, so the n-th draw is the first draw of a generator seeded n steps on.
-#[derive(Debug)]
-struct Draws {
-    seed: u64,
-    next: AtomicU64,
-}
-
-impl Draws {
-    /// wyrand's step: its state grows by this for each number drawn.
-    const STEP: u64 = 0xa076_1d64_78bd_642f;
-
-    fn draw(&self) -> f64 {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        fastrand::Rng::with_seed(self.seed.wrapping_add(n.wrapping_mul(Self::STEP))).f64()
-    }
-}
-
 /// The service itself: the handlers and what they need.
 #[derive(Debug)]
 pub struct ServiceA {
-    delay: Duration,
+    faults: Arc<LiveFaults>,
     max_delay: Duration,
-    fail_rate: f64,
-    fail_status: u16,
     draws: Draws,
     metrics: Arc<Metrics>,
 }
@@ -110,17 +102,22 @@ impl ServiceA {
     /// Builds the service with its own metrics (see [`ServiceA::metrics_handle`]).
     pub fn new(config: &Config) -> ServiceA {
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
-        ServiceA {
-            delay: Duration::from_millis(config.delay_ms),
-            max_delay: Duration::from_millis(config.max_delay_ms),
+        let faults = Faults {
+            delay_ms: config.delay_ms,
             fail_rate: config.fail_rate,
             fail_status: config.fail_status,
-            draws: Draws {
-                seed,
-                next: AtomicU64::new(0),
-            },
+        };
+        ServiceA {
+            faults: Arc::new(LiveFaults::new(faults)),
+            max_delay: Duration::from_millis(config.max_delay_ms),
+            draws: Draws::new(seed),
             metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The faults in force, which [`Admin`] changes while the service runs.
+    pub fn faults(&self) -> Arc<LiveFaults> {
+        Arc::clone(&self.faults)
     }
 
     /// The metrics the server wrapper records requests in and `/metrics` shows.
@@ -147,7 +144,8 @@ impl ServiceA {
             Ok(params) => params,
             Err(message) => return Response::error(400, &message),
         };
-        let delay = self.delay + delay.min(self.max_delay);
+        let faults = self.faults.get();
+        let delay = Duration::from_millis(faults.delay_ms) + delay.min(self.max_delay);
         if let Some(budget) = req.budget.filter(|budget| delay > *budget) {
             // The caller would give up first: say so now instead of holding this thread.
             let message = format!(
@@ -161,9 +159,9 @@ impl ServiceA {
         let response = if let Some(status) = status {
             log::info!(target: "service_a", "injected status {status} (asked for) request_id={}", req.request_id);
             Response::error(status, &format!("Injected status {status}"))
-        } else if self.fail_rate > 0.0 && self.draws.draw() < self.fail_rate {
-            let status = self.fail_status;
-            log::info!(target: "service_a", "injected failure {status} (fail-rate {}) request_id={}", self.fail_rate, req.request_id);
+        } else if faults.fail_rate > 0.0 && self.draws.draw() < faults.fail_rate {
+            let status = faults.fail_status;
+            log::info!(target: "service_a", "injected failure {status} (fail-rate {}) request_id={}", faults.fail_rate, req.request_id);
             Response::error(status, "Injected failure")
         } else {
             Response::json(200, &json!({ "echo": msg }))
@@ -199,9 +197,22 @@ fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String>
     Ok((msg, delay, status))
 }
 
-/// Starts Service A; the handle gives the bound address and stops it.
-pub fn spawn(mut config: Config) -> io::Result<ServerHandle> {
+/// Service A running: its public server and, with [`Config::admin_listen`], its admin one.
+pub struct Servers {
+    /// The public listener: `/echo`, `/health`, `/ready`, `/metrics`.
+    pub main: ServerHandle,
+    /// The admin listener, if one was asked for: `/faults`.
+    pub admin: Option<ServerHandle>,
+}
+
+/// Starts Service A and, with [`Config::admin_listen`], its admin listener. Both addresses
+/// are bound before anything is logged, so either in use is one line on stderr.
+pub fn start(mut config: Config) -> io::Result<Servers> {
     let listener = echo_core::server::bind(&config.listen)?;
+    let admin_listener = match &config.admin_listen {
+        Some(addr) => Some(echo_core::server::bind(addr)?),
+        None => None,
+    };
     let max_connections = *config
         .max_connections
         .get_or_insert_with(|| echo_core::server::default_max_connections(1));
@@ -211,198 +222,29 @@ pub fn spawn(mut config: Config) -> io::Result<ServerHandle> {
     log::info!(target: "service_a", "{}", echo_core::cli::config_line(&config));
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
+    let faults = service.faults();
     // A's handlers never block (a delay is the timer's): no worker beyond `workers`.
     let options = echo_core::server::Options {
         max_connections,
         workers,
         max_blocked: 0,
     };
-    echo_core::serve("service_a", listener, options, metrics, move |req| {
+    let main = echo_core::serve("service_a", listener, options, metrics, move |req| {
         service.handle(req)
-    })
+    })?;
+    let admin = match admin_listener {
+        Some(listener) => Some(admin::serve(listener, faults)?),
+        None => None,
+    };
+    Ok(Servers { main, admin })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn service(config: &Config) -> ServiceA {
-        ServiceA::new(config)
+/// Starts Service A without an admin listener; the handle gives the bound address and
+/// stops it. A config with [`Config::admin_listen`] is refused: use [`start`].
+pub fn spawn(config: Config) -> io::Result<ServerHandle> {
+    if config.admin_listen.is_some() {
+        let why = "admin_listen needs service_a::start, which keeps the admin listener";
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
     }
-
-    fn answer(target: &str) -> Response {
-        service(&Config::on("127.0.0.1:0")).handle(&Request::get(target))
-    }
-
-    #[test]
-    fn health_and_ready_are_ok() {
-        let r = answer("/health");
-        assert_eq!((r.status, r.json_body()), (200, json!({"status": "ok"})));
-        let r = answer("/ready");
-        assert_eq!((r.status, r.json_body()), (200, json!({"status": "ready"})));
-    }
-
-    #[test]
-    fn echo_returns_the_decoded_message() {
-        let cases = [
-            ("/echo?msg=hello", "hello"),
-            ("/echo?msg=hello%20world", "hello world"),
-            ("/echo?msg=a+b%26c%3Dd", "a b&c=d"),
-            ("/echo?msg=%F0%9F%98%80", "😀"),
-            ("/echo?msg=first&msg=second", "first"),
-            ("/echo?msg=", ""),
-            ("/echo", ""),
-            ("/echo?other=1", ""),
-        ];
-        for (target, want) in cases {
-            let r = answer(target);
-            assert_eq!(
-                (r.status, r.json_body()),
-                (200, json!({"echo": want})),
-                "{target}"
-            );
-            assert_eq!(r.content_type, "application/json");
-        }
-    }
-
-    #[test]
-    fn bad_queries_are_400() {
-        for target in ["/echo?msg=%zz", "/echo?msg=%", "/echo?msg=%FF"] {
-            let r = answer(target);
-            assert_eq!(r.status, 400, "{target}");
-            assert!(r.json_body()["error"].is_string());
-        }
-    }
-
-    #[test]
-    fn unknown_paths_and_methods() {
-        assert_eq!(answer("/nope").status, 404);
-        assert_eq!(answer("/echo/").status, 404);
-        let service = service(&Config::on("127.0.0.1:0"));
-        let r = service.handle(&Request::new("POST", "/echo", "id"));
-        assert_eq!(r.status, 405);
-        assert_eq!(r.headers, vec![("Allow", "GET, HEAD".to_string())]);
-        assert_eq!(
-            service
-                .handle(&Request::new("HEAD", "/health", "id"))
-                .status,
-            200
-        );
-    }
-
-    #[test]
-    fn per_request_faults() {
-        let r = answer("/echo?msg=x&status=503");
-        assert_eq!(
-            (r.status, r.json_body()),
-            (503, json!({"error": "Injected status 503"}))
-        );
-        assert_eq!(
-            answer("/echo?msg=x&status=200").json_body(),
-            json!({"error": "Injected status 200"})
-        );
-        for bad in [
-            "/echo?status=99",
-            "/echo?status=600",
-            "/echo?status=x",
-            "/echo?delay_ms=-1",
-            "/echo?delay_ms=soon",
-        ] {
-            assert_eq!(answer(bad).status, 400, "{bad}");
-        }
-        assert_eq!(answer("/echo?msg=x&delay_ms=0").status, 200);
-        // Faults never touch /health or /metrics.
-        assert_eq!(answer("/health?status=500&delay_ms=99999").status, 200);
-        assert_eq!(answer("/metrics?status=500").status, 200);
-    }
-
-    #[test]
-    fn delays_add_up_and_the_asked_one_is_capped() {
-        let mut config = Config::on("127.0.0.1:0");
-        config.max_delay_ms = 50;
-        config.delay_ms = 7;
-        let r = service(&config).handle(&Request::get("/echo?delay_ms=60000"));
-        assert_eq!((r.status, r.delay), (200, Duration::from_millis(57)));
-        let r = service(&config).handle(&Request::get("/echo?delay_ms=3&status=502"));
-        assert_eq!((r.status, r.delay), (502, Duration::from_millis(10)));
-        assert_eq!(
-            service(&config).handle(&Request::get("/health")).delay,
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn work_longer_than_the_callers_budget_is_refused_at_once() {
-        let mut config = Config::on("127.0.0.1:0");
-        config.delay_ms = 300;
-        let a = service(&config);
-        let mut req = Request::get("/echo?msg=x");
-        req.budget = Some(Duration::from_millis(299));
-        let r = a.handle(&req);
-        assert_eq!((r.status, r.delay), (504, Duration::ZERO));
-        assert_eq!(
-            r.headers,
-            vec![(
-                echo_core::http::DEADLINE_EXCEEDED_HEADER,
-                "true".to_string()
-            )]
-        );
-        req.budget = Some(Duration::from_millis(300));
-        let r = a.handle(&req);
-        assert_eq!((r.status, r.delay), (200, Duration::from_millis(300)));
-        // Without a budget, as before; /health is never refused.
-        assert_eq!(a.handle(&Request::get("/echo?msg=x")).status, 200);
-        let mut health = Request::get("/health");
-        health.budget = Some(Duration::ZERO);
-        assert_eq!(a.handle(&health).status, 200);
-    }
-
-    #[test]
-    fn ready_fails_while_draining() {
-        let a = service(&Config::on("127.0.0.1:0"));
-        let mut req = Request::get("/ready");
-        req.draining = true;
-        let r = a.handle(&req);
-        assert_eq!(
-            (r.status, r.json_body()),
-            (503, json!({"status": "draining"}))
-        );
-        req.path = "/health".to_string();
-        assert_eq!(a.handle(&req).status, 200);
-    }
-
-    #[test]
-    fn fail_rate_is_reproducible_with_a_seed() {
-        let mut config = Config::on("127.0.0.1:0");
-        config.fail_rate = 0.3;
-        config.seed = Some(42);
-        let run = || {
-            let a = service(&config);
-            (0..200)
-                .map(|_| a.handle(&Request::get("/echo?msg=x")).status)
-                .collect::<Vec<_>>()
-        };
-        let first = run();
-        assert_eq!(first, run());
-        let failed = first.iter().filter(|s| **s == 500).count();
-        assert!(
-            (30..=90).contains(&failed),
-            "{failed} of 200 failed at rate 0.3"
-        );
-        assert!(first.iter().all(|s| *s == 500 || *s == 200));
-        config.fail_rate = 1.0;
-        config.fail_status = 502;
-        assert_eq!(service(&config).handle(&Request::get("/echo")).status, 502);
-        assert_eq!(
-            service(&config).handle(&Request::get("/health")).status,
-            200
-        );
-    }
-
-    #[test]
-    fn defaults_follow_the_contract() {
-        let c = Config::default();
-        assert_eq!((c.listen.as_str(), c.delay_ms), ("127.0.0.1:8080", 0));
-        assert_eq!((c.log_level, c.max_connections), (LevelFilter::Info, None));
-    }
+    start(config).map(|servers| servers.main)
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use log::LevelFilter;
-use service_a::Config;
+use service_a::{Config, FAIL_STATUSES};
 
 /// Service A: echoes ?msg= back as JSON. Each flag but --check also reads the environment
 /// variable shown with it.
@@ -19,7 +19,7 @@ struct Cli {
     listen: String,
     /// Delay every /echo by this many milliseconds, the timeout demo (at most 600000).
     #[arg(long, env = "SERVICE_A_DELAY_MS", default_value_t = Config::default().delay_ms,
-          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+          value_parser = clap::value_parser!(u64).range(0..=service_a::MAX_DELAY_MS))]
     delay_ms: u64,
     /// Fail this share of /echo calls (0.0 to 1.0) with --fail-status.
     #[arg(long, env = "SERVICE_A_FAIL_RATE", default_value_t = Config::default().fail_rate,
@@ -27,14 +27,15 @@ struct Cli {
     fail_rate: f64,
     /// The status of an injected failure (400 to 599).
     #[arg(long, env = "SERVICE_A_FAIL_STATUS", default_value_t = Config::default().fail_status,
-          value_parser = clap::value_parser!(u16).range(400..=599))]
+          value_parser = clap::value_parser!(u16)
+              .range(i64::from(*FAIL_STATUSES.start())..=i64::from(*FAIL_STATUSES.end())))]
     fail_status: u16,
     /// Seed of the failure sequence, so a run can be repeated [default: random].
     #[arg(long, env = "SERVICE_A_SEED")]
     seed: Option<u64>,
     /// Largest per-request `delay_ms` honoured; larger asks are capped to it (at most 600000).
     #[arg(long, env = "SERVICE_A_MAX_DELAY_MS", default_value_t = Config::default().max_delay_ms,
-          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+          value_parser = clap::value_parser!(u64).range(0..=service_a::MAX_DELAY_MS))]
     max_delay_ms: u64,
     /// Open connections at most (1 to 1000000); beyond, a new one gets 503 [default: the
     /// open-file limit less 64 (a quarter if smaller), at most 10000].
@@ -57,6 +58,10 @@ struct Cli {
     #[arg(long, env = "SERVICE_A_DRAIN_MS", default_value_t = Config::default().drain_ms,
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     drain_ms: u64,
+    /// Also listen here (IP:PORT, loopback: never the public port) for GET and PUT /faults,
+    /// which show and change the delay, fail rate and fail status while A runs [default: off].
+    #[arg(long, env = "SERVICE_A_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// Check the health of the service listening on --listen and exit 0 (healthy) or 1: the
     /// container health check, with no shell or curl needed.
     #[arg(long)]
@@ -87,13 +92,22 @@ fn main() -> ExitCode {
         log_level: cli.log_level,
         log_format: cli.log_format,
         drain_ms: cli.drain_ms,
+        admin_listen: cli.admin_listen,
     };
     let drain = std::time::Duration::from_millis(config.drain_ms);
-    echo_core::cli::run(
+    // The admin listener lives as long as the process; `run` stops the public one.
+    let mut admin = None;
+    let code = echo_core::cli::run(
         "service_a",
         config.log_level,
         config.log_format,
         drain,
-        || service_a::spawn(config),
-    )
+        || {
+            let servers = service_a::start(config)?;
+            admin = servers.admin;
+            Ok(servers.main)
+        },
+    );
+    drop(admin);
+    code
 }

@@ -18,6 +18,7 @@ use crate::balance::{choose, fastest_estimate, Chosen, Events, Replica, Replicas
 use crate::error::{CallError, Failure, Verdict};
 use crate::metrics::Upstream;
 use crate::upstream::{Answer, EchoClient, Forward, Limits};
+use crate::window::{outcome_index, CallStats};
 
 /// A first try among several replicas waits at most this many times the fastest replica's
 /// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the
@@ -115,6 +116,8 @@ pub(crate) struct Caller {
     connect_timeout: Duration,
     bulkhead: Bulkhead,
     budget: RetryBudget,
+    /// The calls of the last minute, for `/replicas`.
+    pub(crate) stats: CallStats,
 }
 
 impl Caller {
@@ -139,7 +142,20 @@ impl Caller {
                 gauge,
             },
             budget: RetryBudget::new(retry_percent),
+            stats: CallStats::default(),
         }
+    }
+
+    /// The bulkhead: its limit and the calls in it now.
+    pub(crate) fn bulkhead(&self) -> (usize, usize) {
+        let used = self.bulkhead.used.load(Ordering::Relaxed);
+        (self.bulkhead.limit, used.min(self.bulkhead.limit))
+    }
+
+    /// The retry budget: its percent of the calls, and the retries it allows now.
+    pub(crate) fn retry_budget(&self) -> (u32, f64) {
+        let tokens = self.budget.tokens.load(Ordering::Relaxed).max(0);
+        ((self.budget.per_call / 10) as u32, tokens as f64 / 1000.0)
     }
 
     /// Calls A's `path` (`/echo?msg=…`) with the forwarded headers.
@@ -180,6 +196,7 @@ impl Caller {
         }
         if !self.budget.withdraw() {
             self.metrics.retries_denied.inc();
+            self.stats.retry(false);
             log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.0.error, forward.request_id);
             return self.done(started, first, Err(failed), revisit);
         }
@@ -195,6 +212,7 @@ impl Caller {
             None => return self.done(started, first, Err(failed), revisit),
         };
         self.metrics.retries.inc();
+        self.stats.retry(true);
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
         let limits = Limits {
             left,
@@ -258,6 +276,11 @@ impl Caller {
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
     /// re-resolution when its connect was refused.
     fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool) {
+        let kind = outcome
+            .as_ref()
+            .map_or_else(|(f, _)| f.error.kind(), |_| "ok");
+        let second = self.stats.clock.second(Instant::now());
+        replica.outcomes.add(second, outcome_index(kind));
         let (failure, took) = match outcome {
             Ok((answer, took)) => {
                 replica.breaker.succeeded();

@@ -43,6 +43,9 @@ pub struct Config {
     /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
     /// answer closing its connection, before the stop (the lame-duck drain). Default 5000.
     pub drain_ms: u64,
+    /// Serve the live page (`/`) and B's view of the replicas (`/replicas`); they reveal A's
+    /// internal addresses, so turn them off where others reach B. Default true.
+    pub dashboard: bool,
     /// Open connections at most, beyond which a new one gets 503. Default: what the
     /// open-file limit allows at one descriptor a client connection, once B's own
     /// connections to A are counted: `--max-inflight` in flight and as many idle (see
@@ -74,6 +77,7 @@ impl Default for Config {
             slow_start_ms: 5000,
             retry_budget_percent: 20,
             drain_ms: 5000,
+            dashboard: true,
             max_connections: None,
             workers: None,
             log_level: LevelFilter::Info,

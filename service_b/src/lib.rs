@@ -23,9 +23,11 @@ use serde_json::json;
 mod balance;
 mod call;
 mod config;
+mod dashboard;
 mod error;
 mod metrics;
 mod upstream;
+mod window;
 
 pub use balance::{system_resolver, Resolve};
 use balance::{Replicas, Settings, Target};
@@ -52,6 +54,9 @@ pub struct ServiceB {
     metrics: Arc<Metrics>,
     /// The idle connections to A, shared by every call.
     pool: Arc<Pool>,
+    /// Every `--service-a-url`, which `/replicas` names each replica by; `None` when `/`
+    /// and `/replicas` are off.
+    dashboard: Option<Vec<String>>,
 }
 
 impl ServiceB {
@@ -97,11 +102,15 @@ impl ServiceB {
             longest_prefix,
             metrics: Arc::new(metrics),
             pool,
+            dashboard: config.dashboard.then(|| config.service_a_urls.clone()),
         }
     }
 
     /// Answers one request; called by the server, or directly by unit tests.
     pub fn handle(&self, req: &Request) -> Response {
+        if self.dashboard.is_none() && matches!(req.path.as_str(), "/" | "/replicas") {
+            return Response::error(404, "Not found");
+        }
         route(
             self,
             req,
@@ -110,6 +119,11 @@ impl ServiceB {
                 ("/ready", |_, req| echo_core::http::ready(req)),
                 ("/call-echo", Self::call_echo),
                 ("/metrics", |s, _| s.metrics.render()),
+                ("/", |_, _| dashboard::page()),
+                ("/replicas", |s, _| {
+                    let urls = s.dashboard.as_deref().unwrap_or_default();
+                    Response::json(200, &dashboard::replicas(&s.caller, urls))
+                }),
             ],
         )
     }
@@ -148,6 +162,12 @@ impl ServiceB {
             started,
         );
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| (req.request_id.as_str(), e.to_string()));
+        let addr = replica.as_ref().map(|r| r.addr);
+        self.caller.stats.ended(started, outcome, addr, failed);
         self.caller
             .metrics
             .outcomes

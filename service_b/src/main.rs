@@ -76,6 +76,11 @@ struct Cli {
     #[arg(long, env = "SERVICE_B_RETRY_BUDGET_PERCENT", default_value_t = Config::default().retry_budget_percent,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     retry_budget_percent: u32,
+    /// Serve the live page (/) and B's view of the replicas (/replicas): true or false. They
+    /// reveal A's internal addresses: turn them off where others can reach B.
+    #[arg(long, env = "SERVICE_B_DASHBOARD", default_value_t = Config::default().dashboard,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    dashboard: bool,
     /// On SIGTERM or SIGHUP, keep serving this long with /ready answering 503 and every
     /// answer closing its connection, then stop (0 to 600000; SIGINT stops at once).
     #[arg(long, env = "SERVICE_B_DRAIN_MS", default_value_t = Config::default().drain_ms,
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
         slow_start_ms: cli.slow_start_ms,
         retry_budget_percent: cli.retry_budget_percent,
         drain_ms: cli.drain_ms,
+        dashboard: cli.dashboard,
         max_connections: cli.max_connections.map(|n| n as usize),
         workers: cli.workers.map(|n| n as usize),
         log_level: cli.log_level,

@@ -163,6 +163,11 @@ impl Breaker {
             .is_ok()
     }
 
+    /// Which ejection in a row the current (or last) one is: the cooldown doubles with each.
+    pub(crate) fn ejections_in_a_row(&self) -> u32 {
+        self.lock().ejections
+    }
+
     /// When the current cooldown ends (`None` while closed).
     pub(crate) fn probe_at(&self) -> Option<Instant> {
         (self.state.load(Ordering::SeqCst) == EJECTED).then(|| self.lock().until)

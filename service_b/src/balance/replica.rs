@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::breaker::Breaker;
 use super::choice::{Candidate, Eligibility, Load};
 use super::ewma::{now_ns, InFlight, PeakEwma};
+use crate::window::Window;
 
 /// A replica that said it drains has its `/ready` asked this often until it says 200.
 pub(crate) const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -30,6 +31,8 @@ pub(crate) struct Replica {
     pub(crate) breaker: Breaker,
     /// Its latency estimate and calls in flight.
     pub(crate) load: PeakEwma,
+    /// Its attempts of the last minute by outcome, for `/replicas` (counted by the caller).
+    pub(crate) outcomes: Window<7>,
     /// When the choice last gave it a call (ns, see [`now_ns`]).
     picked_at: AtomicU64,
     /// Its slow start: from when to when (ns); `0, 0` for none.
@@ -53,6 +56,7 @@ impl Replica {
             ready_path: format!("{prefix}/ready"),
             breaker,
             load: PeakEwma::default(),
+            outcomes: Window::default(),
             picked_at: AtomicU64::new(0),
             slow_from: AtomicU64::new(0),
             slow_until: AtomicU64::new(0),
@@ -114,6 +118,11 @@ impl Replica {
         let from = self.slow_from.load(Ordering::Relaxed);
         let done = now.saturating_sub(from) as f64 / until.saturating_sub(from).max(1) as f64;
         done.clamp(0.1, 1.0)
+    }
+
+    /// The share of its full share it may take now, while in its slow start.
+    pub(crate) fn slow_start_share(&self) -> Option<f64> {
+        Some(self.warm_share(now_ns())).filter(|share| *share < 1.0)
     }
 
     /// Starts its slow start now, from `estimate` (ns): a joining, returning or readmitted

@@ -22,7 +22,7 @@ pub(super) const LINGER_BYTES: usize = 64 * 1024;
 /// At the stop, a connection that has sent nothing yet has this long to begin its first
 /// request (it was accepted, so it is answered: a client that connects and sends at once
 /// must not find its connection closed under it).
-pub(super) const STOP_FIRST_REQUEST: Duration = Duration::from_secs(1);
+pub(super) const STOP_FIRST_REQUEST: Duration = Duration::from_secs(2);
 /// How long a new connection may wait for its first request.
 pub(super) fn first_wait(over_limit: bool) -> Duration {
     if over_limit {

@@ -67,7 +67,7 @@ pub const MAX_CONNECTIONS_CAP: usize = 10_000;
 pub fn limits_help() -> String {
     format!(
         "Limits: request target (path and query) {} KiB → 414; header fields {} KiB or {} → \
-         431; request body {} KiB (bodies are not used) → 413 and close. Timeouts: request \
+         431; request body {} KiB → 413 and close. Timeouts: request \
          head {} s, idle keep-alive {} s, write {} s.",
         MAX_TARGET_BYTES / 1024,
         MAX_HEADER_BYTES / 1024,
@@ -245,7 +245,7 @@ impl ServerHandle {
     }
 
     /// Stops, lets every request already accepted finish (a connection that has sent
-    /// nothing yet gets a second to begin its request), and waits at most `grace` for every
+    /// nothing yet gets 2 s to begin its request), and waits at most `grace` for every
     /// connection to close. Returns what was still unanswered when it gave up.
     pub fn shutdown(self, grace: Duration) -> Stopped {
         self.shutdown_unless(grace, || false)

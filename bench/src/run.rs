@@ -62,7 +62,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     (results.time_wait_on_ports, results.time_wait_machine) = sockets::time_wait(&fleet.ports());
     meta.notes = fleet.notes.clone();
     meta.anchors = fleet.anchors.as_ref().map_or_else(
-        || "left out".to_string(),
+        || "nowhere: `--no-anchors`".to_string(),
         |dir| format!("`{}`", dir.display()),
     );
     drop(fleet);

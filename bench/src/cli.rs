@@ -54,9 +54,10 @@ pub struct Args {
     pub max_inflight_b: Option<u32>,
 
     /// The anchors: DIR/axum/target/release/axum_a, axum_b and DIR/actix/target/release/
-    /// actix_a, actix_b, each pair run when built [default: ../shared/anchors from the
-    /// workspace root].
-    #[arg(long)]
+    /// actix_a, actix_b, each pair run when built [default: the first of ../anchors (a built
+    /// copy) and ../shared/anchors, from the workspace root, with an anchor built, else
+    /// ../shared/anchors].
+    #[arg(long, env = "BENCH_ANCHORS")]
     pub anchors: Option<PathBuf>,
 
     /// Run without the anchors even if they are built.

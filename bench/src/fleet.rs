@@ -18,6 +18,8 @@ pub struct Target {
     pub kind: Kind,
     /// The full URL.
     pub url: String,
+    /// The process that answers it (B's own for the chain), whose context switches count.
+    pub pid: u32,
 }
 
 /// The started servers and the targets on them.
@@ -28,6 +30,8 @@ pub struct Fleet {
     pub targets: Vec<Target>,
     /// What was left out and why (anchors not built).
     pub notes: Vec<String>,
+    /// Where the anchors were looked for (none with `--no-anchors`).
+    pub anchors: Option<PathBuf>,
 }
 
 /// Where the binaries are.
@@ -47,13 +51,10 @@ impl Binaries {
                 .and_then(|exe| exe.parent().map(Path::to_path_buf))
                 .ok_or("cannot tell this program's directory: give --bin-dir")?,
         };
-        let workspace = machine::workspace_root();
-        let anchors = args.anchors.clone().unwrap_or_else(|| {
-            workspace
-                .parent()
-                .unwrap_or(&workspace)
-                .join("shared/anchors")
-        });
+        let anchors = args
+            .anchors
+            .clone()
+            .unwrap_or_else(|| default_anchors(&machine::workspace_root()));
         let bins = Binaries {
             a: args.a_binary.clone().unwrap_or(dir.join("service_a")),
             b: args.b_binary.clone().unwrap_or(dir.join("service_b")),
@@ -72,6 +73,24 @@ impl Binaries {
     }
 }
 
+/// The anchors' folder when none is given: next to the workspace, `anchors` (a writable copy,
+/// built) before `shared/anchors` (the read-only source), the first with an anchor built;
+/// `shared/anchors` if neither has one (the report then says what is not built).
+pub fn default_anchors(workspace: &Path) -> PathBuf {
+    let parent = workspace.parent().unwrap_or(workspace);
+    let candidates = [parent.join("anchors"), parent.join("shared/anchors")];
+    let built = |dir: &&PathBuf| {
+        ["axum", "actix"].iter().any(|f| {
+            dir.join(f)
+                .join("target/release")
+                .join(format!("{f}_a"))
+                .is_file()
+        })
+    };
+    let found = candidates.iter().find(built);
+    found.unwrap_or(&candidates[1]).clone()
+}
+
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
@@ -88,6 +107,7 @@ impl Fleet {
             servers: Vec::new(),
             targets: Vec::new(),
             notes: Vec::new(),
+            anchors: bins.anchors.clone(),
         };
         // The ceiling exits by itself after --max-secs, should this program be killed with -9.
         let points = args.conns.len() as u64 * Kind::ALL.len() as u64;
@@ -170,6 +190,7 @@ impl Fleet {
         let target = Target {
             kind,
             url: format!("{}{}", url(server.addr), kind.path()),
+            pid: server.pid(),
         };
         let name = server.name().to_string();
         eprintln!(
@@ -241,4 +262,30 @@ fn read_answer(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
         }
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_anchors_prefer_a_built_copy() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let root =
+            std::env::temp_dir().join(format!("bench-anchors.{}.{nanos}", std::process::id()));
+        let workspace = root.join("main");
+        let (copy, shared) = (root.join("anchors"), root.join("shared/anchors"));
+        std::fs::create_dir_all(copy.join("actix/target/release")).unwrap();
+        std::fs::create_dir_all(shared.join("axum/target/release")).unwrap();
+        // Neither built: the read-only source, whose missing binaries the report names.
+        assert_eq!(default_anchors(&workspace), shared);
+        std::fs::write(shared.join("axum/target/release/axum_a"), "").unwrap();
+        assert_eq!(default_anchors(&workspace), shared);
+        // The copy built: it comes first.
+        std::fs::write(copy.join("actix/target/release/actix_a"), "").unwrap();
+        assert_eq!(default_anchors(&workspace), copy);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

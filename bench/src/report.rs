@@ -25,6 +25,8 @@ pub struct Meta {
     pub wrk_timeout: String,
     /// How long measuring took, in seconds.
     pub elapsed_secs: u64,
+    /// Where the anchors were looked for, as the report says it.
+    pub anchors: String,
     /// Lines about what was left out.
     pub notes: Vec<String>,
 }
@@ -68,11 +70,12 @@ fn setup(s: &mut String, m: &Meta) {
          - Everything on loopback (127.0.0.1), on free ports, on the same CPUs as wrk; each server in\n  \
          a session of its own, its stdout and stderr to a file (every server pays for its access log).\n\
          - `service_a --log-level info`; `service_b --log-level info --timeout-ms 2000` calling that A;\n  \
-         the ceiling `bench_ceiling` (a fixed 16-byte JSON answer, no log); the anchors (axum +\n  \
-         reqwest, actix-web + awc, from `../shared/anchors`), each B calling its own A.\n\
+         the ceiling `bench_ceiling` (the services' model, a worker pool over one epoll set, one\n  \
+         worker per CPU, answering a fixed 16-byte JSON to each request head; no parsing, no log);\n  \
+         the anchors (axum + reqwest, actix-web + awc, from {}), each B calling its own A.\n\
          - wrk: `wrk -t min(conns,{}) -c conns -d {}s --timeout {} --latency`, keep-alive; {warmup}\n\
          - Points per connection count in the order of the table. Measuring took {} s.",
-        m.threads, m.duration, m.wrk_timeout, m.elapsed_secs
+        m.anchors, m.threads, m.duration, m.wrk_timeout, m.elapsed_secs
     );
     for note in &m.notes {
         let _ = writeln!(s, "- {note}");
@@ -83,8 +86,8 @@ fn points(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
         "\n## Results\n\n\
-         | target | conns | req/s | p50 ms | p99 ms | % of ceiling | ours / actix | ours / axum | non-2xx | socket errors | busy before |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | target | conns | req/s | p50 ms | p99 ms | % of ceiling | ours / actix | ours / axum | vol. cs/req | invol. cs/req | non-2xx | socket errors | busy before |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for p in &r.points {
         let m = &p.measured;
@@ -99,9 +102,13 @@ fn points(s: &mut String, r: &Results) {
             ),
             None => ("—".to_string(), "—".to_string()),
         };
+        let (vol, invol) = match p.switches_per_request() {
+            Some((vol, invol)) => (format!("{vol:.3}"), format!("{invol:.3}")),
+            None => ("n/a".to_string(), "n/a".to_string()),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {share} | {vs_actix} | {vs_axum} | {vol} | {invol} | {} | {} | {} |",
             p.kind.label(),
             p.conns,
             m.rps,
@@ -114,7 +121,10 @@ fn points(s: &mut String, r: &Results) {
     }
     let _ = writeln!(
         s,
-        "\nnon-2xx and socket errors (connect, read, write, timeout) count the warm-up too. \
+        "\nvol. / invol. cs/req: the server's voluntary (it waited) and involuntary (it was\n\
+         preempted) context switches per request of the timed run, summed over all its threads\n\
+         (`/proc/PID/task/*/status` before and after; for the chain, B's own, per call).\n\
+         non-2xx and socket errors (connect, read, write, timeout) count the warm-up too. \
          busy before: the machine's CPU use over the half second before the point, after waiting\n\
          (`--quiet-wait`) for it to fall under {} %; a point that started busier shares the CPUs\n\
          with something else: compare it with care.",

@@ -1,5 +1,6 @@
 //! What a run measured: the targets, one wrk result per point, and the figures taken after.
 
+use crate::switches::Switches;
 use crate::wrk::{SocketErrors, WrkResult};
 
 /// A target of the benchmark: a URL on one of the servers.
@@ -87,12 +88,20 @@ pub struct Point {
     /// How busy the machine was (percent) when the point started, after the wait for quiet
     /// (none when there was no wait).
     pub busy_before: Option<u32>,
+    /// The server's context switches over the timed run, all its threads (none when its
+    /// `/proc` could not be read).
+    pub switches: Option<Switches>,
 }
 
 impl Point {
     /// The timed run and the warm-up, whichever ran.
     pub fn runs(&self) -> impl Iterator<Item = &WrkResult> {
         std::iter::once(&self.measured).chain(self.warmup.as_ref())
+    }
+
+    /// The server's (voluntary, involuntary) context switches per request of the timed run.
+    pub fn switches_per_request(&self) -> Option<(f64, f64)> {
+        self.switches?.per_request(self.measured.requests)
     }
 }
 

@@ -10,7 +10,7 @@ use crate::cli::Args;
 use crate::fleet::{Fleet, Target};
 use crate::report::{self, Meta};
 use crate::results::{Point, Results};
-use crate::{goals, machine, sockets, wrk};
+use crate::{goals, machine, sockets, switches, wrk};
 
 /// Runs the benchmark; an error is one line saying why it could not run.
 pub fn run(args: &Args) -> Result<(), String> {
@@ -61,6 +61,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         .collect();
     (results.time_wait_on_ports, results.time_wait_machine) = sockets::time_wait(&fleet.ports());
     meta.notes = fleet.notes.clone();
+    meta.anchors = fleet.anchors.as_ref().map_or_else(
+        || "nowhere: `--no-anchors`".to_string(),
+        |dir| format!("`{}`", dir.display()),
+    );
     drop(fleet);
 
     let goals = goals::check(&results);
@@ -99,7 +103,9 @@ fn measure(
         secs => Some(load.run(&target.url, conns, secs)?),
     };
     check()?;
+    let before = switches::sample(target.pid);
     let measured = load.run(&target.url, conns, args.duration)?;
+    let after = switches::sample(target.pid);
     check()?;
     Ok(Point {
         kind: target.kind,
@@ -107,14 +113,16 @@ fn measure(
         measured,
         warmup,
         busy_before,
+        switches: switches::between(&before, &after),
     })
 }
 
 fn progress(p: &Point) -> String {
     let m = &p.measured;
     let bad: u64 = p.runs().map(|r| r.non_2xx + r.errors.total()).sum();
+    let (vol, invol) = p.switches_per_request().unwrap_or((f64::NAN, f64::NAN));
     format!(
-        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  (busy before {:>5}){}",
+        "{:<22} c={:<3} {:>9.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  cs/req {vol:.2}+{invol:.2}  (busy before {:>5}){}",
         p.kind.label(),
         p.conns,
         m.rps,

@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(announced_addr(text), "127.0.0.1:43223".parse().ok());
         let json = "{\"level\":\"INFO\",\"msg\":\"listening on http://127.0.0.1:9\"}\n";
         assert_eq!(announced_addr(json), "127.0.0.1:9".parse().ok());
-        let ceiling = "bench_ceiling listening on http://127.0.0.1:41000\n";
+        let ceiling = "bench_ceiling listening on http://127.0.0.1:41000 (2 workers)\n";
         assert_eq!(announced_addr(ceiling), "127.0.0.1:41000".parse().ok());
     }
 

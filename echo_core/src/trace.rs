@@ -138,16 +138,23 @@ fn parse_traceparent(value: &str) -> Option<(&str, u8)> {
     Some((trace_id, u8::from_str_radix(flags, 16).ok()?))
 }
 
-/// `bytes` random bytes as lower-case hex, never all zero.
+/// `bytes` random bytes as lower-case hex, never all zero. Written digit by digit into one
+/// string: a trace and a span start with every request, and formatting each byte with
+/// `format!` cost most of an answer's instructions (callgrind: 61 % of A's).
 fn hex_id(bytes: usize) -> String {
-    loop {
-        let id: String = (0..bytes)
-            .map(|_| format!("{:02x}", fastrand::u8(..)))
-            .collect();
-        if id.bytes().any(|b| b != b'0') {
-            return id;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(bytes * 2);
+    while id.len() < bytes * 2 {
+        let word = fastrand::u64(..);
+        let digits = (bytes * 2 - id.len()).min(16);
+        for nibble in 0..digits {
+            id.push(char::from(DIGITS[(word >> (nibble * 4)) as usize & 0xf]));
         }
     }
+    if id.bytes().all(|b| b == b'0') {
+        return hex_id(bytes);
+    }
+    id
 }
 
 #[cfg(test)]

@@ -173,17 +173,17 @@ impl ServiceA {
 /// `/echo`'s parameters: `msg` (default empty), `delay_ms` and `status` (the fault a caller
 /// asks for; a status from 200 to 599).
 fn echo_params(req: &Request) -> Result<(String, Duration, Option<u16>), String> {
-    let msg = req
-        .param("msg")
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-    let delay = match req.param("delay_ms").map_err(|e| e.to_string())? {
+    // Decoded once: the first value of each name wins.
+    let pairs = echo_core::http::decode_query(&req.query).map_err(|e| e.to_string())?;
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+    let msg = param("msg").cloned().unwrap_or_default();
+    let delay = match param("delay_ms") {
         Some(v) => Duration::from_millis(v.parse().map_err(|_| {
             format!("'delay_ms' must be a whole number of milliseconds, not '{v}'")
         })?),
         None => Duration::ZERO,
     };
-    let status = match req.param("status").map_err(|e| e.to_string())? {
+    let status = match param("status") {
         Some(v) => match v.parse::<u16>() {
             Ok(code) if (200..=599).contains(&code) => Some(code),
             _ => {

@@ -208,7 +208,7 @@ pub fn spawn(mut config: Config) -> io::Result<ServerHandle> {
     let workers = *config
         .workers
         .get_or_insert_with(echo_core::server::default_workers);
-    log::info!(target: "service_a", "{}", echo_core::cli::config_line(&config));
+    log::info!(target: "service_a", "{}", echo_core::process::config_line(&config));
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
     // A's handlers never block (a delay is the timer's): no worker beyond `workers`.

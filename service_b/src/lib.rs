@@ -326,7 +326,7 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     };
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
-    log::info!(target: "service_b", "{} replicas={}", echo_core::cli::config_line(&config), replicas.describe());
+    log::info!(target: "service_b", "{} replicas={}", echo_core::process::config_line(&config), replicas.describe());
     upkeep::start(
         &replicas,
         Duration::from_millis(config.resolve_every_ms.max(1)),

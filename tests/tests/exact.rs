@@ -317,7 +317,7 @@ fn the_exit_code_says_requests_were_dropped() {
     a.wait_for("GET /echo started", Duration::from_secs(10));
     a.signal(echo_tests::Signal::Int);
     let (code, lines) = a.wait_exit(Duration::from_secs(15));
-    // 3: the documented code of a stop whose grace period ran out (echo_core::cli::EXIT_DROPPED).
+    // 3: the documented code of a stop whose grace period ran out (echo_core::process::EXIT_DROPPED).
     assert_eq!(code, Some(3), "{lines:#?}");
     let last = lines.last().map(String::as_str).unwrap_or("");
     assert!(last.contains("stopped with 1 request(s) dropped"), "{last}");

@@ -18,7 +18,7 @@ pub mod server;
 pub mod trace;
 
 pub use http::{route, Request, Response};
-pub use logging::LogFormat;
+pub use logging::{fields_shown_in_message, LogFormat};
 pub use metrics::Metrics;
 pub use server::{serve, ServerHandle};
 pub use trace::Trace;

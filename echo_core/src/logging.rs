@@ -4,7 +4,8 @@
 //!   request_id=…`. simplelog writes the time (UTC) and the line; its own `[LEVEL]` and
 //!   `target:` columns are off and [`format_line`] supplies the level and name columns. A
 //!   record's key-value fields follow the message as ` key=value`, except those the message
-//!   already shows ([`IN_MESSAGE`]).
+//!   already shows (the access line's, and those a service declared with
+//!   [`fields_shown_in_message`]).
 //! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`;
 //!   each string escaped as in a text line, then by serde_json (so a value read back is the
 //!   text line's).
@@ -30,7 +31,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use log::kv::{Key, Source, Value, VisitSource};
@@ -63,18 +64,31 @@ pub(crate) fn dropped_total() -> u64 {
         .map_or(0, |logger| logger.queue.dropped_total())
 }
 
-/// The fields a text line's message already shows: not appended again.
-pub const IN_MESSAGE: [&str; 9] = [
-    "method",
-    "path",
-    "status",
-    "latency_ms",
-    "url",
-    "timeout_ms",
-    "upstream_status",
-    "kind",
-    "error",
-];
+/// The fields of the access line that its message shows (`GET /echo 200 0.12ms`): not
+/// appended again to a text line.
+const ACCESS_LINE_SHOWS: [&str; 4] = ["method", "path", "status", "latency_ms"];
+
+/// The fields the services' own messages show, as they declared them
+/// ([`fields_shown_in_message`]).
+static SHOWN: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+
+/// Declares fields that a service's own log messages already show, so that a text line does
+/// not append them again as ` key=value` (a JSON line has them all). The access line's are
+/// declared here; a service declares those of its own lines once, before it logs them.
+pub fn fields_shown_in_message(names: &[&'static str]) {
+    if let Ok(mut shown) = SHOWN.write() {
+        for name in names {
+            if !shown.contains(name) {
+                shown.push(name);
+            }
+        }
+    }
+}
+
+/// Whether a text line's message shows the field `key` already.
+fn shown_in_message(key: &str) -> bool {
+    ACCESS_LINE_SHOWS.contains(&key) || SHOWN.read().is_ok_and(|shown| shown.contains(&key))
+}
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -269,7 +283,7 @@ struct Appended<'a>(&'a mut String);
 
 impl<'kvs> VisitSource<'kvs> for Appended<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        if !IN_MESSAGE.contains(&key.as_str()) {
+        if !shown_in_message(key.as_str()) {
             use std::fmt::Write as _;
             let _ = write!(self.0, " {key}={value}");
         }

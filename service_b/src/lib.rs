@@ -326,6 +326,8 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     };
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
+    // What the line about a call to A (`log_call`) shows in its message: not appended again.
+    echo_core::fields_shown_in_message(&["url", "timeout_ms", "upstream_status", "kind", "error"]);
     log::info!(target: "service_b", "{} replicas={}", echo_core::process::config_line(&config), replicas.describe());
     upkeep::start(
         &replicas,

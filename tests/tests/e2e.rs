@@ -111,6 +111,13 @@ fn every_log_line_has_the_original_format() {
         call_ok.contains("timeout=500ms") && call_ok.contains("status=200"),
         "{call_ok}"
     );
+    // The fields B declared as shown in its message are not appended again.
+    assert!(
+        !call_ok.contains(" url=")
+            && !call_ok.contains(" timeout_ms=")
+            && !call_ok.contains(" upstream_status="),
+        "{call_ok}"
+    );
     let call_failed = b_lines
         .iter()
         .find(|l| l.contains("call to Service A failed"))

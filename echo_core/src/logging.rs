@@ -1,8 +1,8 @@
 //! Every log line of both services, written in one place, in one of two formats:
 //! - `text` (the default), the original Flask project's `%(asctime)s %(levelname)s %(name)s
 //!   %(message)s`: `2024-01-01 12:00:00 INFO service_b GET /call-echo 200 45.23ms
-//!   request_id=…`. simplelog writes the time (UTC) and the line; its own `[LEVEL]` and
-//!   `target:` columns are off and [`format_line`] supplies the level and name columns. A
+//!   request_id=…`. The time column is UTC, written with the `time` crate; [`format_line`]
+//!   supplies the level and name columns and the message. A
 //!   record's key-value fields follow the message as ` key=value`, except those the message
 //!   already shows (the access line's, and those a service declared with
 //!   [`fields_shown_in_message`]).
@@ -25,10 +25,8 @@
 //! for are counted, and the count is always written (see `log_queue`); the stop's last line
 //! gives the total ([`dropped_total`]).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -37,7 +35,8 @@ use std::time::Duration;
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
 use serde_json::{Map, Value as Json};
-use simplelog::{format_description, ConfigBuilder, WriteLogger};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 use crate::log_queue::Queue;
 use crate::log_text::{cut_middle, escape, MAX_LINE};
@@ -125,15 +124,6 @@ impl fmt::Display for LogFormat {
 /// Installs the process-wide logger on stdout. Later calls (tests starting several services)
 /// keep the first logger.
 pub(crate) fn init(level: LevelFilter, format: LogFormat) {
-    let config = ConfigBuilder::new()
-        .set_time_format_custom(format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second]"
-        ))
-        .set_max_level(LevelFilter::Off)
-        .set_target_level(LevelFilter::Off)
-        .set_thread_level(LevelFilter::Off)
-        .set_location_level(LevelFilter::Off)
-        .build();
     // A duplicate of the stdout descriptor: writes through it take no user-space lock.
     let out = std::io::stdout()
         .as_fd()
@@ -141,7 +131,6 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .ok()
         .map(File::from);
     let logger = LOGGER.get_or_init(|| LineLogger {
-        config,
         format,
         level,
         queue: Queue::start(out),
@@ -161,32 +150,8 @@ fn service(target: &str) -> &str {
     target.split("::").next().unwrap_or(target)
 }
 
-thread_local! {
-    /// The line being formatted on this thread.
-    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// This thread's simplelog formatter.
-    static TEXT: RefCell<Option<Box<WriteLogger<ThreadBuffer>>>> = const { RefCell::new(None) };
-}
-
-/// simplelog's writer: appends to this thread's [`LINE`], so its lock covers formatting only.
-struct ThreadBuffer;
-
-impl Write for ThreadBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LINE.with(|line| line.borrow_mut().extend_from_slice(bytes));
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The process's logger: formats a record in the chosen format, queues it for stdout.
 struct LineLogger {
-    /// simplelog's settings; each thread formats with a `WriteLogger` of its own, whose lock
-    /// no other thread ever waits for.
-    config: simplelog::Config,
     format: LogFormat,
     level: LevelFilter,
     queue: Arc<Queue>,
@@ -197,6 +162,11 @@ const DROPPED: &str = "log lines dropped: more than 1 MiB of lines waited for st
 
 /// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
 const TEXT_OVERHEAD: usize = 21;
+
+/// The time column of a text line (UTC), as the original project's `%(asctime)s` without
+/// its milliseconds.
+const TEXT_TIME: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
 
 impl LineLogger {
     /// The record as one line in the chosen format.
@@ -223,20 +193,12 @@ impl LineLogger {
         let _ = record.key_values().visit(&mut Appended(&mut message));
         let line = format_line(record.level(), record.target(), &message);
         let line = cut_middle(&line, MAX_LINE - TEXT_OVERHEAD);
-        TEXT.with(|text| {
-            text.borrow_mut()
-                .get_or_insert_with(|| {
-                    WriteLogger::new(self.level, self.config.clone(), ThreadBuffer)
-                })
-                .log(
-                    &Record::builder()
-                        .args(format_args!("{line}"))
-                        .level(record.level())
-                        .target(record.target())
-                        .build(),
-                )
-        });
-        LINE.with(|buf| std::mem::take(&mut *buf.borrow_mut()))
+        let mut out = Vec::with_capacity(line.len() + TEXT_OVERHEAD);
+        let _ = time::OffsetDateTime::now_utc().format_into(&mut out, TEXT_TIME);
+        out.push(b' ');
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        out
     }
 
     fn json_line(&self, record: &Record<'_>) -> Vec<u8> {

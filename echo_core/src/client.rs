@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// Encodes a value for a query string (the inverse of [`crate::http::decode_query`]'s rules):
+/// Encodes a value for a query string (the inverse of the rules of `http::decode_query`):
 /// every byte but `A-Za-z0-9*-._` is escaped and a space becomes `+`, so any string arrives
 /// byte-exact.
 pub fn form_encode(s: &str) -> String {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::app::Answered;
-use super::poller::{Interest, Token};
+use super::interest::{Interest, Token};
 use super::wire::parse_head;
 use super::Core;
 use crate::http::Blocking;

@@ -16,6 +16,7 @@ mod app;
 mod conn;
 mod encode;
 mod host;
+mod interest;
 mod poller;
 mod timer;
 mod wire;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::conn::{waiting, Conn};
-use super::poller::{Interest, Token};
+use super::interest::{Interest, Token};
 use super::Core;
 
 /// How often deadlines are checked: the precision of every timeout.

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use super::poller::{Token, BATCH};
+use super::interest::Token;
+use super::poller::BATCH;
 use super::Core;
 use crate::http::Blocking;
 

@@ -10,9 +10,10 @@
 //!   each string escaped as in a text line, then by serde_json (so a value read back is the
 //!   text line's).
 //!
-//! No line is ever torn or interleaved: each goes out whole in one `write` of at most
-//! `MAX_LINE` bytes, which a pipe (every container's stdout) keeps whole among any number
-//! of writers; a longer line has its longest part cut in the middle, the cut's length noted.
+//! No line is ever torn or interleaved: a line is at most `MAX_LINE` bytes (a longer one has
+//! its longest part cut in the middle, the cut's length noted), and the writer thread of
+//! `log_queue` writes whole lines only, in `write`s of at most `PIPE_BUF` bytes, which a pipe
+//! (every container's stdout) keeps whole among any number of writers.
 //! Nothing a client sends can start a new line or forge a field: `log_text::escape` (the
 //! one place that does it) writes every character but printable ASCII as an escape (`\n`,
 //! `\u{3000}`, `\\`, …) in the message and every field of both formats, for every line (the
@@ -20,7 +21,7 @@
 //! segment of the record's target.
 //!
 //! Each thread formats its line into a buffer of its own; the line goes to stdout through
-//! one writer thread (`log_queue`): a connection thread only appends it to the queue, and
+//! one writer thread (`log_queue`): a thread that answers only appends it to the queue, and
 //! never waits for stdout, a file's lock or a pipe's reader. Lines the queue has no room
 //! for are counted, and the count is always written (see `log_queue`); the stop's last line
 //! gives the total ([`dropped_total`]).

@@ -1,5 +1,5 @@
-//! The shared server loop over real sockets, with a handler of its own: the wrapper's
-//! headers, request ids, panic isolation, limits and shutdown.
+//! The server core over real sockets, in-process, with a handler of its own: the headers
+//! every answer carries, request ids, panic isolation, limits and shutdown.
 
 #![forbid(unsafe_code)]
 

@@ -225,6 +225,7 @@ pub fn spawn(mut config: Config) -> io::Result<ServerHandle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use echo_tests::{GetRequest, JsonBody};
 
     fn service(config: &Config) -> ServiceA {
         ServiceA::new(config)

@@ -342,6 +342,7 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use echo_tests::{GetRequest, JsonBody};
 
     /// A B whose A is a closed port: every call that reaches the client fails to connect.
     fn service() -> ServiceB {

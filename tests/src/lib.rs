@@ -3,7 +3,8 @@
 //! that stand in for a failing Service A ([`FakeA`]), a runner for the real binaries that
 //! builds them and waits for their `listening on` line ([`spawn_a`], [`spawn_b`],
 //! [`Running`]), and readers of what they show: a metric of `/metrics` ([`metric`]) and a
-//! field of a log line ([`log_field`]).
+//! field of a log line ([`log_field`]). For the services' handler unit tests, a GET request
+//! ([`GetRequest`]) and a response's JSON body ([`JsonBody`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -431,6 +432,31 @@ pub fn service_command(name: &str) -> Command {
     let mut command = Command::new(binary(name));
     command.env_clear();
     command
+}
+
+/// A GET request with a fixed id, for a handler's unit test: `Request::get("/echo?msg=x")`
+/// with this trait in scope.
+pub trait GetRequest {
+    /// `GET target` with the request id `test-id`.
+    fn get(target: &str) -> Self;
+}
+
+impl GetRequest for echo_core::Request {
+    fn get(target: &str) -> echo_core::Request {
+        echo_core::Request::new("GET", target, "test-id")
+    }
+}
+
+/// A response's body as JSON, for a handler's unit test.
+pub trait JsonBody {
+    /// The body parsed as JSON (`Value::Null` if it is not).
+    fn json_body(&self) -> Value;
+}
+
+impl JsonBody for echo_core::Response {
+    fn json_body(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
 }
 
 /// A URL where no Service A listens (port 1 of loopback), for a B whose A does not matter.

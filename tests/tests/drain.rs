@@ -185,7 +185,7 @@ fn sigterm_lets_the_in_flight_request_finish() {
         200
     );
     let client = thread::spawn(move || get(addr, "/echo?msg=slow"));
-    // The connection's thread logs this at DEBUG when it takes the request: our readiness
+    // The worker logs this at DEBUG when it takes the request: our readiness
     // signal.
     a.wait_for("GET /echo started", Duration::from_secs(10));
     a.signal(Signal::Term);
@@ -198,7 +198,7 @@ fn sigterm_lets_the_in_flight_request_finish() {
     );
     // And the idle keep-alive connection is closed by the stop itself, with no response and
     // no request from us: the server shuts every connection down for reading at SIGTERM, so
-    // the idle connection's thread reads end of stream and closes it. (We send nothing first:
+    // a worker reads end of stream on the idle connection and closes it. (We send nothing first:
     // a request written now could race the stop and be answered.)
     let started = Instant::now();
     let mut rest = Vec::new();

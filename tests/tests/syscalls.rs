@@ -118,7 +118,7 @@ fn a_call_through_b_costs_at_most_8_system_calls_and_a_answer_4() {
         "service_b",
         &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
     );
-    // Warm up: connection threads, pooled connections to A, first-use allocations.
+    // Warm up: workers, pooled connections to A, first-use allocations.
     assert_eq!(load(b.addr, 50), CLIENTS * 50);
 
     let (a_trace, a_out) = attach(a.pid());

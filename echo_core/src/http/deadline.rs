@@ -15,7 +15,7 @@ pub const DEADLINE_EXCEEDED_HEADER: &str = "X-Deadline-Exceeded";
 
 /// A [`TIMEOUT_HEADER`] value: a whole number of milliseconds (at most 9 digits); anything
 /// else is ignored, as if the header were absent.
-pub fn parse_budget(value: &str) -> Option<Duration> {
+pub(crate) fn parse_budget(value: &str) -> Option<Duration> {
     let value = value.trim_matches([' ', '\t']);
     if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;

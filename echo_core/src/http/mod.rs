@@ -18,11 +18,12 @@ mod request_id;
 mod response;
 mod router;
 
-pub use deadline::{parse_budget, DEADLINE_EXCEEDED_HEADER, TIMEOUT_HEADER};
+pub(crate) use deadline::parse_budget;
+pub use deadline::{DEADLINE_EXCEEDED_HEADER, TIMEOUT_HEADER};
 pub use query::{decode_query, QueryError};
-pub(crate) use request::Worker;
-pub use request::{Blocking, Request};
-pub use request_id::{is_valid_request_id, new_request_id, request_id};
+pub use request::Request;
+pub(crate) use request::{Blocking, Worker};
+pub use request_id::{is_valid_request_id, request_id};
 pub use response::{health, ready, Response};
 pub use router::{route, Handler};
 

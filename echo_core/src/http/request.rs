@@ -39,7 +39,7 @@ pub struct Request {
 /// What a handler's wait tells the worker that runs it: before a wait (a call to another
 /// service) the worker makes sure another one serves the other connections; after it, the
 /// pool may shrink again.
-pub trait Blocking: Send + Sync {
+pub(crate) trait Blocking: Send + Sync {
     /// A wait begins on this worker.
     fn enter(&self);
     /// The wait is over.
@@ -106,8 +106,10 @@ impl Request {
         }
     }
 
-    /// A GET request with a fixed id, for tests and examples.
-    pub fn get(target: &str) -> Request {
+    /// A GET request with a fixed id, for this crate's unit tests (the services' tests have
+    /// `echo_tests::GetRequest`).
+    #[cfg(test)]
+    pub(crate) fn get(target: &str) -> Request {
         Request::new("GET", target, "test-id")
     }
 

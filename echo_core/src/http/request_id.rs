@@ -24,7 +24,7 @@ pub fn is_valid_request_id(id: &str) -> bool {
 
 /// 16 hex digits from a per-process randomly keyed hash of a counter: unique within the
 /// process by construction and across restarts by the random keys, with no extra crate.
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     static KEYS: OnceLock<RandomState> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();

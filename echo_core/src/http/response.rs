@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::Request;
 
 /// What a handler answers: a status, a JSON (or text) body and any extra headers. The
-/// server wrapper adds the headers every response carries.
+/// server core adds the headers every response carries (`server::encode`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
@@ -76,8 +76,10 @@ impl Response {
         self
     }
 
-    /// The body parsed as JSON (`Value::Null` if it is not), for tests.
-    pub fn json_body(&self) -> Value {
+    /// The body parsed as JSON (`Value::Null` if it is not), for this crate's unit tests (the
+    /// services' tests have `echo_tests::JsonBody`).
+    #[cfg(test)]
+    pub(crate) fn json_body(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }

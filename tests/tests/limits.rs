@@ -53,6 +53,7 @@ fn huge_declared_bodies_get_413_and_the_process_stays_small() {
             "1000000000".to_string(),
             "99999999999".to_string(),
             (1u64 << 47).to_string(),
+            "1000000000000000".to_string(),
             (1u64 << 62).to_string(),
             i64::MAX.to_string(),
             (1u64 << 63).to_string(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echo_tests::{get, read_reply, says_close, spawn_a, try_send, Running, Signal};
+use echo_tests::{get, read_reply, says_close, spawn_a, try_send, Signal};
 use serde_json::json;
 
 /// What one client saw: answers, and requests written on an open connection that got no
@@ -67,10 +67,7 @@ fn client(addr: SocketAddr, done: Arc<AtomicBool>) -> Seen {
 /// Runs 64 clients against A, signals it once the load is steady, and returns what the
 /// clients saw, A's exit code and its log.
 fn drain_under_load(signal: Signal) -> (Seen, Option<i32>, Vec<String>) {
-    let a = Running::start(
-        "service_a",
-        &["--listen", "127.0.0.1:0", "--drain-ms", "300"],
-    );
+    let a = spawn_a(&["--drain-ms", "300"]);
     let addr = a.addr;
     let done = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..64)
@@ -110,10 +107,7 @@ fn a_drain_under_reconnecting_clients_loses_no_request() {
 
 #[test]
 fn a_delayed_request_accepted_in_the_drain_is_served() {
-    let a = Running::start(
-        "service_a",
-        &["--listen", "127.0.0.1:0", "--drain-ms", "200"],
-    );
+    let a = spawn_a(&["--drain-ms", "200"]);
     let addr = a.addr;
     a.signal(Signal::Term);
     // Accepted during the drain, answered 1.5 s later: inside the 5 s grace period.
@@ -126,17 +120,7 @@ fn a_delayed_request_accepted_in_the_drain_is_served() {
 
 #[test]
 fn a_second_signal_ends_the_grace_period_and_the_loss_is_counted() {
-    let mut a = Running::start(
-        "service_a",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-ms",
-            "0",
-            "--log-level",
-            "debug",
-        ],
-    );
+    let mut a = spawn_a(&["--drain-ms", "0", "--log-level", "debug"]);
     let addr = a.addr;
     let client = thread::spawn(move || {
         echo_tests::try_send(addr, b"GET /echo?delay_ms=9000 HTTP/1.1\r\nHost: x\r\n\r\n")

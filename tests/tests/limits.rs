@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use echo_tests::{
     connect, exchange, get, keep_alive, metric, raise_own_fd_limit, read_reply, read_until_close,
-    spawn_a, spawn_alone, try_send, Exchange, Reply, Running,
+    spawn_a, spawn_alone, spawn_b, try_send, Exchange, Reply, Running,
 };
 use serde_json::json;
 
@@ -296,15 +296,7 @@ fn over_the_limit_health_ready_and_metrics_are_still_answered() {
 fn idle_connections_do_not_starve_either_service() {
     raise_own_fd_limit();
     let a = spawn_a(&[]);
-    let b = Running::start(
-        "service_b",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--service-a-url",
-            &format!("http://{}", a.addr),
-        ],
-    );
+    let b = spawn_b(&format!("http://{}", a.addr), &[]);
     let before = (a.rss_kib(), a.threads(), b.rss_kib(), b.threads());
     let mut idle = Vec::new();
     for service in [&a, &b] {
@@ -349,7 +341,7 @@ fn idle_connections_do_not_starve_either_service() {
 #[test]
 fn ten_thousand_idle_keep_alive_connections_cost_no_thread() {
     raise_own_fd_limit();
-    let a = Running::start("service_a", &["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let a = spawn_a(&["--workers", "2"]);
     let mut idle = Vec::with_capacity(10_000);
     for _ in 0..10_000 {
         let mut s = TcpStream::connect(a.addr).expect("connect");

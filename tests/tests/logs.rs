@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echo_tests::{
-    exchange, get, get_with, service_command, spawn, spawn_a, spawn_b, try_send, Running, Signal,
+    exchange, get, get_with, service_command, spawn, spawn_a, spawn_b, try_send, Signal,
 };
 use regex::Regex;
 use serde_json::Value;
@@ -215,17 +215,7 @@ fn long_log_lines_are_never_torn_on_a_pipe() {
     let a_url = format!("http://{}", a.addr);
     // The subject is the lines, not the latency: a deadline far beyond the load's so that
     // a machine busy with other tests cannot turn slow calls into 503s.
-    let b = Running::start(
-        "service_b",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--service-a-url",
-            &a_url,
-            "--timeout-ms",
-            "20000",
-        ],
-    );
+    let b = spawn_b(&a_url, &["--timeout-ms", "20000"]);
     let msg = "m".repeat(8100);
     let addr = b.addr;
     let clients: Vec<_> = (0..50)

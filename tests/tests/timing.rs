@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use echo_tests::{
     connect, get, keep_alive, raise_own_fd_limit, read_reply, spawn_a, spawn_b, try_send,
-    Behaviour, FakeA, Running,
+    Behaviour, FakeA,
 };
 use serde_json::json;
 
@@ -50,18 +50,9 @@ fn health_stays_quick_while_a_hanging_a_is_flooded() {
     let _one = one_at_a_time();
     let a = FakeA::start(Behaviour::Silent);
     let timeout = TIMEOUT_MS.to_string();
-    let b = Running::start(
-        "service_b",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--service-a-url",
-            &a.url(),
-            "--timeout-ms",
-            &timeout,
-            "--breaker-threshold",
-            "0",
-        ],
+    let b = spawn_b(
+        &a.url(),
+        &["--timeout-ms", &timeout, "--breaker-threshold", "0"],
     );
     let addr = b.addr;
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,10 +161,7 @@ fn a_client_that_never_reads_stalls_only_its_own_connection() {
     let _one = one_at_a_time();
     let a = spawn_a(&[]);
     let a_url = format!("http://{}", a.addr);
-    let b = Running::start(
-        "service_b",
-        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
-    );
+    let b = spawn_b(&a_url, &[]);
     let stalled = connect(a.addr, Duration::from_secs(60));
     let mut writer_end = stalled.try_clone().expect("clone");
     let written = Arc::new(AtomicUsize::new(0));

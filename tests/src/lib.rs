@@ -490,9 +490,11 @@ pub fn spawn_alone(name: &str) -> Running {
     }
 }
 
-/// The `/metrics` exposition of the service at `addr`, as text.
-pub fn scrape(addr: SocketAddr) -> String {
-    String::from_utf8_lossy(&get(addr, "/metrics").body).into_owned()
+/// The `/metrics` exposition of the service at `addr`, as text, if it answers 200 (over its
+/// connection limit a service may answer 503).
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let reply = get(addr, "/metrics");
+    (reply.status == 200).then(|| String::from_utf8_lossy(&reply.body).into_owned())
 }
 
 /// The value of the sample `series` (its name and labels as exposed, such as

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use echo_tests::{
     connect, exchange, get, keep_alive, metric, raise_own_fd_limit, read_reply, read_until_close,
-    spawn_a, spawn_alone, spawn_b, try_send, Exchange, Reply, Running,
+    scrape, spawn_a, spawn_alone, spawn_b, try_send, Exchange, Reply, Running,
 };
 use serde_json::json;
 
@@ -222,13 +222,16 @@ fn refused_connections_are_counted_each_but_logged_once_a_second() {
     drop(held_w);
     // A later accept writes the line of the refusals since the last one.
     thread::sleep(Duration::from_millis(1100)); // the once-a-second window itself
-                                                // The held connection counts until its thread has seen it close: ask until answered.
+                                                // The held connection counts until a worker has seen it close: ask until answered.
     let deadline = Instant::now() + WAIT;
     let metrics = loop {
-        let reply = get(a.addr, "/metrics");
-        if reply.status == 200 || Instant::now() > deadline {
-            break String::from_utf8_lossy(&reply.body).into_owned();
+        if let Some(text) = scrape(a.addr) {
+            break text;
         }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics not answered 200 in {WAIT:?}"
+        );
         thread::sleep(Duration::from_millis(20));
     };
     let counted = metric(&metrics, "connections_refused_total").unwrap_or(0.0);

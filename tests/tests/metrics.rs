@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use echo_tests::{closed_port, get, spawn_a, spawn_b, try_send};
+use echo_tests::{closed_port, get, scrape, spawn_a, spawn_b, try_send};
 use serde_json::Value;
 
 /// How long Prometheus may take to become ready, and each query to return what it should.
@@ -84,14 +84,13 @@ fn promtool(args: &[&str], input: &[u8]) -> String {
 /// `/metrics` of a service, checked by `promtool check metrics` (a lint problem is printed and
 /// makes it exit non-zero).
 fn check_metrics(name: &str, addr: SocketAddr) -> String {
-    let reply = get(addr, "/metrics");
-    assert_eq!(reply.status, 200, "{name} /metrics");
-    let said = promtool(&["check", "metrics"], &reply.body);
+    let text = scrape(addr).unwrap_or_else(|| panic!("{name} /metrics: not a 200"));
+    let said = promtool(&["check", "metrics"], text.as_bytes());
     assert!(
         said.trim().is_empty(),
         "promtool check metrics on {name}: {said}"
     );
-    String::from_utf8_lossy(&reply.body).into_owned()
+    text
 }
 
 /// A query string value, percent-encoded (everything but the unreserved characters).

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::app::Answered;
-use super::interest::{Interest, Token};
 use super::wire::parse_head;
 use super::Core;
+use super::{Interest, Token};
 use crate::http::Blocking;
 
 /// The whole request head must arrive within this, from its first byte (slowloris).

@@ -16,7 +16,6 @@ mod app;
 mod conn;
 mod encode;
 mod host;
-mod interest;
 mod poller;
 mod timer;
 mod wire;
@@ -40,6 +39,20 @@ use conn::Conn;
 use poller::Poller;
 use timer::Timer;
 use workers::Workers;
+
+/// What a connection waits for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Interest {
+    /// The next bytes of a request (or the end of a lingering connection).
+    Read,
+    /// Room in the socket's send buffer for the rest of an answer (nothing else is read).
+    Write,
+    /// Anything: a connection armed so is handled at once (the stop wakes idle ones).
+    Any,
+}
+
+/// A connection's name in the epoll set: its slot (low 32 bits) and the slot's generation.
+pub(super) type Token = u64;
 
 pub use conn::{HEAD_TIMEOUT, IDLE_TIMEOUT, WRITE_TIMEOUT};
 pub use wire::{MAX_BODY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TARGET_BYTES};

@@ -16,7 +16,16 @@ use rustix::event::epoll::{self, Event, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags, Timespec};
 
 use super::conn::Conn;
-use super::interest::{Interest, Token};
+use super::{Interest, Token};
+
+/// The epoll flags of an interest: each one-shot.
+fn flags(interest: Interest) -> EventFlags {
+    match interest {
+        Interest::Read => EventFlags::IN | EventFlags::ONESHOT,
+        Interest::Write => EventFlags::OUT | EventFlags::ONESHOT,
+        Interest::Any => EventFlags::IN | EventFlags::OUT | EventFlags::ONESHOT,
+    }
+}
 
 /// Events taken by one wait at most.
 pub(super) const BATCH: usize = 32;
@@ -85,7 +94,7 @@ impl Poller {
             &self.epoll,
             conn.stream.as_fd(),
             EventData::new_u64(conn.token),
-            Interest::Read.flags(),
+            flags(Interest::Read),
         );
         if let Err(e) = added {
             self.forget(&conn);
@@ -101,7 +110,7 @@ impl Poller {
             &self.epoll,
             conn.stream.as_fd(),
             EventData::new_u64(conn.token),
-            interest.flags(),
+            flags(interest),
         );
     }
 

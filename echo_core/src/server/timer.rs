@@ -12,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::conn::{waiting, Conn};
-use super::interest::{Interest, Token};
 use super::Core;
+use super::{Interest, Token};
 
 /// How often deadlines are checked: the precision of every timeout.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);

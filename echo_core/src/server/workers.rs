@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use super::interest::Token;
 use super::poller::BATCH;
 use super::Core;
+use super::Token;
 use crate::http::Blocking;
 
 /// A worker beyond `--workers` with nothing to do this long ends.

@@ -2,8 +2,8 @@
 //! (its p99), a burst of new connections is served at once, a client that never reads stalls
 //! only its own connection, idle keep-alive connections neither starve others nor get closed.
 //! A loaded machine stretches every duration, so these run one at a time: each holds the
-//! static mutex `ONE_AT_A_TIME` for its whole run (cargo runs test binaries one after the
-//! other, so no other suite runs beside them either). The bounds are generous; the figures the
+//! static mutex `ONE_AT_A_TIME` for its whole run (and `cargo test` runs one test binary at a
+//! time, so no other suite of the same run is beside them). The bounds are generous; the figures the
 //! flood prints are the measurement (`cargo test --test timing -- --nocapture`).
 
 #![forbid(unsafe_code)]
@@ -29,10 +29,13 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// B's deadline during the flood.
 const TIMEOUT_MS: u64 = 1000;
 
+/// How long the flood lasts.
 const FLOOD: Duration = Duration::from_secs(4);
 
+/// The `p` quantile of sorted durations (the nearest rank).
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }

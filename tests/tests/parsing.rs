@@ -4,8 +4,8 @@
 //! framing, Unicode whitespace around a length, raw UTF-8 in the target, bare LF, obs-fold),
 //! nothing after it is smuggled through, no malformed input gets a 5xx, and what is allowed
 //! is served (absolute-form targets, a 204 on a kept-alive connection, 50 pipelined requests
-//! in order). The rules one by one (the Host rule among them) are unit tests of the parser,
-//! `echo_core::server::wire`; here they are shown on the real path.
+//! in order). The rules one by one are unit tests of the parser (`echo_core::server::wire`;
+//! the Host rule only there, in `server::host`'s tests); here they are shown on the real path.
 
 #![forbid(unsafe_code)]
 

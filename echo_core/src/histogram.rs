@@ -1,5 +1,6 @@
 //! A latency histogram with no lock: prometheus-client's own takes a write lock on every
-//! observation, and with many connection threads answering at once that lock was contended
+//! observation, and with many threads answering at once (the workers, and blocked handlers'
+//! spares) that lock was contended
 //! (a `futex` system call per contended request). Here each bucket, the count and the sum are
 //! atomics, so an observation is three atomic additions; a scrape reads them one by one
 //! (a scrape racing an observation may see it in the count and not yet in its bucket, as

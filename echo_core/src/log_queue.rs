@@ -2,7 +2,8 @@
 //! milliseconds at a time, and writes them in as few `write`s as it can, each of whole lines
 //! and at most `PIPE_BUF` bytes (kept whole on a pipe, among any number of writers).
 //!
-//! A connection thread only appends its line under a lock held for that copy, and never
+//! A thread that answers (a worker) only appends its line under a lock held for that copy,
+//! and never
 //! waits for stdout: when each thread wrote its own line, a pipe whose reader paused held
 //! every request for as long (4.7 s on the Compose stack). The writer is never
 //! woken per line (it polls, more slowly while there is nothing), so a line costs its thread

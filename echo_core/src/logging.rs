@@ -1,17 +1,19 @@
 //! Every log line of both services, written in one place, in one of two formats:
 //! - `text` (the default), the original Flask project's `%(asctime)s %(levelname)s %(name)s
 //!   %(message)s`: `2024-01-01 12:00:00 INFO service_b GET /call-echo 200 45.23ms
-//!   request_id=…`. simplelog writes the time (UTC) and the line; its own `[LEVEL]` and
-//!   `target:` columns are off and [`format_line`] supplies the level and name columns. A
+//!   request_id=…`. The time column is UTC, written with the `time` crate; [`format_line`]
+//!   supplies the level and name columns and the message. A
 //!   record's key-value fields follow the message as ` key=value`, except those the message
-//!   already shows ([`IN_MESSAGE`]).
+//!   already shows (the access line's, and those a service declared with
+//!   [`fields_shown_in_message`]).
 //! - `json`: one object a line, `{"time":…,"level":…,"service":…,"message":…, fields…}`;
 //!   each string escaped as in a text line, then by serde_json (so a value read back is the
 //!   text line's).
 //!
-//! No line is ever torn or interleaved: each goes out whole in one `write` of at most
-//! `MAX_LINE` bytes, which a pipe (every container's stdout) keeps whole among any number
-//! of writers; a longer line has its longest part cut in the middle, the cut's length noted.
+//! No line is ever torn or interleaved: a line is at most `MAX_LINE` bytes (a longer one has
+//! its longest part cut in the middle, the cut's length noted), and the writer thread of
+//! `log_queue` writes whole lines only, in `write`s of at most `PIPE_BUF` bytes, which a pipe
+//! (every container's stdout) keeps whole among any number of writers.
 //! Nothing a client sends can start a new line or forge a field: `log_text::escape` (the
 //! one place that does it) writes every character but printable ASCII as an escape (`\n`,
 //! `\u{3000}`, `\\`, …) in the message and every field of both formats, for every line (the
@@ -19,24 +21,23 @@
 //! segment of the record's target.
 //!
 //! Each thread formats its line into a buffer of its own; the line goes to stdout through
-//! one writer thread (`log_queue`): a connection thread only appends it to the queue, and
+//! one writer thread (`log_queue`): a thread that answers only appends it to the queue, and
 //! never waits for stdout, a file's lock or a pipe's reader. Lines the queue has no room
 //! for are counted, and the count is always written (see `log_queue`); the stop's last line
 //! gives the total ([`dropped_total`]).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use log::kv::{Key, Source, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
 use serde_json::{Map, Value as Json};
-use simplelog::{format_description, ConfigBuilder, WriteLogger};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 use crate::log_queue::Queue;
 use crate::log_text::{cut_middle, escape, MAX_LINE};
@@ -63,18 +64,31 @@ pub(crate) fn dropped_total() -> u64 {
         .map_or(0, |logger| logger.queue.dropped_total())
 }
 
-/// The fields a text line's message already shows: not appended again.
-pub const IN_MESSAGE: [&str; 9] = [
-    "method",
-    "path",
-    "status",
-    "latency_ms",
-    "url",
-    "timeout_ms",
-    "upstream_status",
-    "kind",
-    "error",
-];
+/// The fields of the access line that its message shows (`GET /echo 200 0.12ms`): not
+/// appended again to a text line.
+const ACCESS_LINE_SHOWS: [&str; 4] = ["method", "path", "status", "latency_ms"];
+
+/// The fields the services' own messages show, as they declared them
+/// ([`fields_shown_in_message`]).
+static SHOWN: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+
+/// Declares fields that a service's own log messages already show, so that a text line does
+/// not append them again as ` key=value` (a JSON line has them all). The access line's are
+/// declared here; a service declares those of its own lines once, before it logs them.
+pub fn fields_shown_in_message(names: &[&'static str]) {
+    if let Ok(mut shown) = SHOWN.write() {
+        for name in names {
+            if !shown.contains(name) {
+                shown.push(name);
+            }
+        }
+    }
+}
+
+/// Whether a text line's message shows the field `key` already.
+fn shown_in_message(key: &str) -> bool {
+    ACCESS_LINE_SHOWS.contains(&key) || SHOWN.read().is_ok_and(|shown| shown.contains(&key))
+}
 
 /// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -111,15 +125,6 @@ impl fmt::Display for LogFormat {
 /// Installs the process-wide logger on stdout. Later calls (tests starting several services)
 /// keep the first logger.
 pub(crate) fn init(level: LevelFilter, format: LogFormat) {
-    let config = ConfigBuilder::new()
-        .set_time_format_custom(format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second]"
-        ))
-        .set_max_level(LevelFilter::Off)
-        .set_target_level(LevelFilter::Off)
-        .set_thread_level(LevelFilter::Off)
-        .set_location_level(LevelFilter::Off)
-        .build();
     // A duplicate of the stdout descriptor: writes through it take no user-space lock.
     let out = std::io::stdout()
         .as_fd()
@@ -127,7 +132,6 @@ pub(crate) fn init(level: LevelFilter, format: LogFormat) {
         .ok()
         .map(File::from);
     let logger = LOGGER.get_or_init(|| LineLogger {
-        config,
         format,
         level,
         queue: Queue::start(out),
@@ -147,32 +151,8 @@ fn service(target: &str) -> &str {
     target.split("::").next().unwrap_or(target)
 }
 
-thread_local! {
-    /// The line being formatted on this thread.
-    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// This thread's simplelog formatter.
-    static TEXT: RefCell<Option<Box<WriteLogger<ThreadBuffer>>>> = const { RefCell::new(None) };
-}
-
-/// simplelog's writer: appends to this thread's [`LINE`], so its lock covers formatting only.
-struct ThreadBuffer;
-
-impl Write for ThreadBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        LINE.with(|line| line.borrow_mut().extend_from_slice(bytes));
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The process's logger: formats a record in the chosen format, queues it for stdout.
 struct LineLogger {
-    /// simplelog's settings; each thread formats with a `WriteLogger` of its own, whose lock
-    /// no other thread ever waits for.
-    config: simplelog::Config,
     format: LogFormat,
     level: LevelFilter,
     queue: Arc<Queue>,
@@ -183,6 +163,11 @@ const DROPPED: &str = "log lines dropped: more than 1 MiB of lines waited for st
 
 /// The time column of a text line and the newline: `2024-01-01 12:00:00 ` + `\n`.
 const TEXT_OVERHEAD: usize = 21;
+
+/// The time column of a text line (UTC), as the original project's `%(asctime)s` without
+/// its milliseconds.
+const TEXT_TIME: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
 
 impl LineLogger {
     /// The record as one line in the chosen format.
@@ -209,20 +194,12 @@ impl LineLogger {
         let _ = record.key_values().visit(&mut Appended(&mut message));
         let line = format_line(record.level(), record.target(), &message);
         let line = cut_middle(&line, MAX_LINE - TEXT_OVERHEAD);
-        TEXT.with(|text| {
-            text.borrow_mut()
-                .get_or_insert_with(|| {
-                    WriteLogger::new(self.level, self.config.clone(), ThreadBuffer)
-                })
-                .log(
-                    &Record::builder()
-                        .args(format_args!("{line}"))
-                        .level(record.level())
-                        .target(record.target())
-                        .build(),
-                )
-        });
-        LINE.with(|buf| std::mem::take(&mut *buf.borrow_mut()))
+        let mut out = Vec::with_capacity(line.len() + TEXT_OVERHEAD);
+        let _ = time::OffsetDateTime::now_utc().format_into(&mut out, TEXT_TIME);
+        out.push(b' ');
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        out
     }
 
     fn json_line(&self, record: &Record<'_>) -> Vec<u8> {
@@ -269,7 +246,7 @@ struct Appended<'a>(&'a mut String);
 
 impl<'kvs> VisitSource<'kvs> for Appended<'_> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        if !IN_MESSAGE.contains(&key.as_str()) {
+        if !shown_in_message(key.as_str()) {
             use std::fmt::Write as _;
             let _ = write!(self.0, " {key}={value}");
         }

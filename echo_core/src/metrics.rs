@@ -1,12 +1,12 @@
 //! `GET /metrics` in the Prometheus text format (version 0.0.4, the format every Prometheus
 //! and `promtool check metrics` read): the request counters and latency histogram every
-//! service has, recorded by the server wrapper, plus whatever a service registers itself
+//! service has, recorded by the server core (`server::app`) for each answer, plus whatever a service registers itself
 //! before it starts.
 //!
 //! prometheus-client encodes OpenMetrics, whose counter family is named without `_total`
 //! (`# TYPE http_requests counter`, then `http_requests_total 3`); read as the text format,
 //! promtool sees a family with no samples and an untyped `http_requests_total` without help.
-//! [`text_format`] names such families by their samples and drops `# EOF`.
+//! `text_format` names such families by their samples and drops `# EOF`.
 
 use std::collections::HashSet;
 
@@ -91,7 +91,7 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Records one answered request (called by the server wrapper).
+    /// Records one answered request (the server core calls it for each answer).
     pub fn observe(&self, method: &str, route: Option<&'static str>, status: u16, seconds: f64) {
         let method = known_method(method);
         let route = route.unwrap_or("other");

@@ -3,7 +3,8 @@
 
 #![forbid(unsafe_code)]
 
-use echo_core::http::{decode_query, form_encode, is_valid_request_id, request_id, QueryError};
+use echo_core::client::form_encode;
+use echo_core::http::{decode_query, is_valid_request_id, request_id, QueryError};
 use proptest::prelude::*;
 
 proptest! {

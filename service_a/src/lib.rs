@@ -219,7 +219,7 @@ pub fn start(mut config: Config) -> io::Result<Servers> {
     let workers = *config
         .workers
         .get_or_insert_with(echo_core::server::default_workers);
-    log::info!(target: "service_a", "{}", echo_core::cli::config_line(&config));
+    log::info!(target: "service_a", "{}", echo_core::process::config_line(&config));
     let service = ServiceA::new(&config);
     let metrics = service.metrics_handle();
     let faults = service.faults();

@@ -48,7 +48,7 @@ struct Cli {
     workers: Option<u64>,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_A_LOG_LEVEL", default_value_t = Config::default().log_level,
-          value_parser = echo_core::cli::parse_level)]
+          value_parser = echo_core::process::parse_level)]
     log_level: LevelFilter,
     /// Log line format: text (the original project's line) or json (one object a line).
     #[arg(long, env = "SERVICE_A_LOG_FORMAT", default_value_t = Config::default().log_format)]
@@ -76,9 +76,9 @@ fn rate(s: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = echo_core::cli::parse("service_a");
+    let cli: Cli = echo_core::process::parse("service_a");
     if cli.check {
-        return echo_core::cli::check("service_a", &cli.listen);
+        return echo_core::process::check("service_a", &cli.listen);
     }
     let config = Config {
         listen: cli.listen,
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     let drain = std::time::Duration::from_millis(config.drain_ms);
     // The admin listener lives as long as the process; `run` stops the public one.
     let mut admin = None;
-    let code = echo_core::cli::run(
+    let code = echo_core::process::run(
         "service_a",
         config.log_level,
         config.log_format,

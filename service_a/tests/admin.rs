@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+use echo_tests::{GetRequest, JsonBody};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+use echo_tests::{GetRequest, JsonBody};
 use std::time::Duration;
 
 use echo_core::{Request, Response};

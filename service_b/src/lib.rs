@@ -255,7 +255,9 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
     let service = ServiceB::new(&config, resolve);
     let replicas = Arc::clone(&service.caller.replicas);
     let pool = Arc::clone(&service.pool);
-    log::info!(target: "service_b", "{} replicas={}", echo_core::cli::config_line(&config), replicas.describe());
+    // What the line about a call to A (`log_call`) shows in its message: not appended again.
+    echo_core::fields_shown_in_message(&["url", "timeout_ms", "upstream_status", "kind", "error"]);
+    log::info!(target: "service_b", "{} replicas={}", echo_core::process::config_line(&config), replicas.describe());
     let prune = balance::Chore {
         every: PRUNE_EVERY,
         run: Box::new(move || {
@@ -276,6 +278,7 @@ pub fn spawn_with_resolver(mut config: Config, resolve: Resolve) -> io::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use echo_tests::{GetRequest, JsonBody};
 
     /// A B whose A is a closed port: every call that reaches the client fails to connect.
     fn service() -> ServiceB {

@@ -97,7 +97,7 @@ struct Cli {
     workers: Option<u64>,
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(long, env = "SERVICE_B_LOG_LEVEL", default_value_t = Config::default().log_level,
-          value_parser = echo_core::cli::parse_level)]
+          value_parser = echo_core::process::parse_level)]
     log_level: LevelFilter,
     /// Log line format: text (the original project's line) or json (one object a line).
     #[arg(long, env = "SERVICE_B_LOG_FORMAT", default_value_t = Config::default().log_format)]
@@ -109,9 +109,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = echo_core::cli::parse("service_b");
+    let cli: Cli = echo_core::process::parse("service_b");
     if cli.check {
-        return echo_core::cli::check("service_b", &cli.listen);
+        return echo_core::process::check("service_b", &cli.listen);
     }
     let config = Config {
         listen: cli.listen,
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
         log_format: cli.log_format,
     };
     let drain = Duration::from_millis(config.drain_ms);
-    echo_core::cli::run(
+    echo_core::process::run(
         "service_b",
         config.log_level,
         config.log_format,

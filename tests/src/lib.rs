@@ -1,6 +1,10 @@
-//! The test kit shared by every test crate: a raw HTTP/1.1 client (so tests see exactly what
-//! goes over the socket), real misbehaving servers that stand in for a failing Service A,
-//! and a runner for the real binaries that builds them and waits for their `listening on` line.
+//! The test kit shared by every test crate, so that no suite defines its own fixtures: a raw
+//! HTTP/1.1 client (so tests see exactly what goes over the socket), real misbehaving servers
+//! that stand in for a failing Service A ([`FakeA`]), a runner for the real binaries that
+//! builds them and waits for their `listening on` line ([`spawn_a`], [`spawn_b`],
+//! [`Running`]), and readers of what they show: a metric of `/metrics` ([`metric`]) and a
+//! field of a log line ([`log_field`]). For the services' handler unit tests, a GET request
+//! ([`GetRequest`]) and a response's JSON body ([`JsonBody`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -430,6 +434,98 @@ pub fn service_command(name: &str) -> Command {
     command
 }
 
+/// A GET request with a fixed id, for a handler's unit test: `Request::get("/echo?msg=x")`
+/// with this trait in scope.
+pub trait GetRequest {
+    /// `GET target` with the request id `test-id`.
+    fn get(target: &str) -> Self;
+}
+
+impl GetRequest for echo_core::Request {
+    fn get(target: &str) -> echo_core::Request {
+        echo_core::Request::new("GET", target, "test-id")
+    }
+}
+
+/// A response's body as JSON, for a handler's unit test.
+pub trait JsonBody {
+    /// The body parsed as JSON (`Value::Null` if it is not).
+    fn json_body(&self) -> Value;
+}
+
+impl JsonBody for echo_core::Response {
+    fn json_body(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A URL where no Service A listens (port 1 of loopback), for a B whose A does not matter.
+pub const NO_A: &str = "http://127.0.0.1:1";
+
+/// `name` (one of [`SERVICES`]) on 127.0.0.1, port 0, with `flags` after `--listen`.
+pub fn spawn(name: &str, flags: &[&str]) -> Running {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(flags);
+    Running::start(name, &args)
+}
+
+/// Service A on port 0, tuned by `tuning` (more flags, such as `["--delay-ms", "300"]`).
+pub fn spawn_a(tuning: &[&str]) -> Running {
+    spawn("service_a", tuning)
+}
+
+/// Service B on port 0 calling the A at `a_url` (repeat `--service-a-url` in `tuning` for
+/// more replicas), tuned by `tuning`.
+pub fn spawn_b(a_url: &str, tuning: &[&str]) -> Running {
+    let mut flags = vec!["--service-a-url", a_url];
+    flags.extend_from_slice(tuning);
+    spawn("service_b", &flags)
+}
+
+/// `name` (one of [`SERVICES`]) on its own: A as it starts, B calling [`NO_A`].
+pub fn spawn_alone(name: &str) -> Running {
+    match name {
+        "service_b" => spawn_b(NO_A, &[]),
+        _ => spawn(name, &[]),
+    }
+}
+
+/// The `/metrics` exposition of the service at `addr`, as text, if it answers 200 (over its
+/// connection limit a service may answer 503).
+pub fn scrape(addr: SocketAddr) -> Option<String> {
+    let reply = get(addr, "/metrics");
+    (reply.status == 200).then(|| String::from_utf8_lossy(&reply.body).into_owned())
+}
+
+/// The value of the sample `series` (its name and labels as exposed, such as
+/// `connections_refused_total`) in an exposition's `text`; `None` if it has none.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The value of `key=` in a text log line.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Opens a connection, has one keep-alive `/health` answered 200 on it (waiting at most 5 s),
+/// and returns it open, with the time the answer took.
+pub fn keep_alive(addr: SocketAddr) -> Result<(BufReader<TcpStream>, Duration), String> {
+    let started = Instant::now();
+    let mut s = connect(addr, Duration::from_secs(5));
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(s);
+    match read_reply(&mut reader) {
+        Ok(r) if r.status == 200 => Ok((reader, started.elapsed())),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(format!("{e} after {:?}", started.elapsed())),
+    }
+}
+
 /// A signal a test sends to a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -474,8 +570,19 @@ impl Running {
     /// open-file limits to `nofile`, so it cannot raise them again. The service chose its
     /// defaults under the limit it started with; the lowered one meets it at run time.
     pub fn start_limited(name: &str, args: &[&str], nofile: Option<u64>) -> Running {
+        Running::launch(name, args, &[], nofile)
+    }
+
+    /// Like [`Running::start`], with the environment variables `env` set (the rest of the
+    /// environment is empty, as always).
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::launch(name, args, env, None)
+    }
+
+    fn launch(name: &str, args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Running {
         let mut child = service_command(name)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

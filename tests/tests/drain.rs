@@ -3,6 +3,8 @@
 //! request that reached the service unanswered; a request whose answer is delayed is served
 //! within the grace period; a second signal ends the grace period at once, and the exit
 //! status and the last line count what it cut off.
+//! Also the plain stop: SIGTERM lets the request in flight finish, SIGHUP stops as gracefully,
+//! and the exit code says when requests were dropped.
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echo_tests::{read_reply, says_close, Running, Signal};
+use echo_tests::{get, read_reply, says_close, spawn_a, try_send, Signal};
+use serde_json::json;
 
 /// What one client saw: answers; requests written on an open connection that got no
 /// answer (the connection ended first); and first requests of connections reset unanswered.
@@ -75,10 +78,7 @@ fn client(addr: SocketAddr, done: Arc<AtomicBool>) -> Seen {
 /// Runs 64 clients against A, signals it once the load is steady, and returns what the
 /// clients saw, A's exit code and its log.
 fn drain_under_load(signal: Signal) -> (Seen, Option<i32>, Vec<String>) {
-    let a = Running::start(
-        "service_a",
-        &["--listen", "127.0.0.1:0", "--drain-ms", "300"],
-    );
+    let a = spawn_a(&["--drain-ms", "300"]);
     let addr = a.addr;
     let done = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..64)
@@ -120,10 +120,7 @@ fn a_drain_under_reconnecting_clients_loses_no_request() {
 
 #[test]
 fn a_delayed_request_accepted_in_the_drain_is_served() {
-    let a = Running::start(
-        "service_a",
-        &["--listen", "127.0.0.1:0", "--drain-ms", "200"],
-    );
+    let a = spawn_a(&["--drain-ms", "200"]);
     let addr = a.addr;
     a.signal(Signal::Term);
     // Accepted during the drain, answered 1.5 s later: inside the 5 s grace period.
@@ -136,17 +133,7 @@ fn a_delayed_request_accepted_in_the_drain_is_served() {
 
 #[test]
 fn a_second_signal_ends_the_grace_period_and_the_loss_is_counted() {
-    let mut a = Running::start(
-        "service_a",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-ms",
-            "0",
-            "--log-level",
-            "debug",
-        ],
-    );
+    let mut a = spawn_a(&["--drain-ms", "0", "--log-level", "debug"]);
     let addr = a.addr;
     let client = thread::spawn(move || {
         echo_tests::try_send(addr, b"GET /echo?delay_ms=9000 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -166,4 +153,114 @@ fn a_second_signal_ends_the_grace_period_and_the_loss_is_counted() {
     let last = lines.last().map(String::as_str).unwrap_or("");
     assert!(last.contains("1 read and not answered"), "{last}");
     let _ = client.join();
+}
+
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish() {
+    let mut a = spawn_a(&[
+        "--delay-ms",
+        "1500",
+        "--log-level",
+        "debug",
+        "--drain-ms",
+        "0",
+    ]);
+    let addr = a.addr;
+    // A keep-alive connection, answered once and then idle.
+    let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut idle, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let mut idle_reader = std::io::BufReader::new(idle.try_clone().expect("clone"));
+    assert_eq!(
+        echo_tests::read_reply(&mut idle_reader)
+            .expect("reply")
+            .status,
+        200
+    );
+    let client = thread::spawn(move || get(addr, "/echo?msg=slow"));
+    // The worker logs this at DEBUG when it takes the request: our readiness
+    // signal.
+    a.wait_for("GET /echo started", Duration::from_secs(10));
+    a.signal(Signal::Term);
+    a.wait_for("SIGTERM received", Duration::from_secs(10));
+    // Stopped accepting: a new connection is refused while the slow request still runs. (If
+    // it connects at all, another test's service took the freed port: A must not log it.)
+    let late = try_send(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: late-probe\r\n\r\n",
+    );
+    // And the idle keep-alive connection is closed by the stop itself, with no response and
+    // no request from us: the server shuts every connection down for reading at SIGTERM, so
+    // a worker reads end of stream on the idle connection and closes it. (We send nothing first:
+    // a request written now could race the stop and be answered.)
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut idle_reader, &mut rest);
+    assert!(read.is_ok(), "the idle connection was left open: {read:?}");
+    assert_eq!(String::from_utf8_lossy(&rest), "", "bytes after the stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    // Closed for good: a request on it now gets no answer.
+    let _ = std::io::Write::write_all(&mut idle, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut after = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut idle_reader, &mut after);
+    assert!(after.is_empty(), "{}", String::from_utf8_lossy(&after));
+    let reply = client.join().expect("client thread");
+    assert_eq!((reply.status, reply.json()), (200, json!({"echo": "slow"})));
+    let (code, lines) = a.wait_exit(EXIT_LIMIT);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("GET /echo 200")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l
+                .ends_with(" stopped: every accepted request was answered log_lines_dropped=0")),
+        "{lines:#?}"
+    );
+    let served_late = lines.iter().any(|l| l.contains("request_id=late-probe"));
+    assert!(
+        !served_late,
+        "a connection made after the stop was served: {late:?}"
+    );
+}
+
+#[test]
+fn sighup_stops_gracefully_like_sigterm() {
+    let a = spawn_a(&["--drain-ms", "0"]);
+    assert_eq!(get(a.addr, "/health").status, 200);
+    a.signal(echo_tests::Signal::Hup);
+    let (code, lines) = a.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(find(&lines, "SIGHUP received").is_some(), "{lines:#?}");
+}
+
+#[test]
+fn the_exit_code_says_requests_were_dropped() {
+    let mut a = spawn_a(&["--delay-ms", "9000", "--log-level", "debug"]);
+    let addr: SocketAddr = a.addr;
+    let client =
+        thread::spawn(move || echo_tests::try_send(addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"));
+    a.wait_for("GET /echo started", Duration::from_secs(10));
+    a.signal(echo_tests::Signal::Int);
+    let (code, lines) = a.wait_exit(Duration::from_secs(15));
+    // 3: the documented code of a stop whose grace period ran out (echo_core::process::EXIT_DROPPED).
+    assert_eq!(code, Some(3), "{lines:#?}");
+    let last = lines.last().map(String::as_str).unwrap_or("");
+    assert!(last.contains("stopped with 1 request(s) dropped"), "{last}");
+    let _ = client.join();
+}
+
+/// The first line of `lines` that contains `needle`.
+fn find<'a>(lines: &'a [String], needle: &str) -> Option<&'a String> {
+    lines.iter().find(|l| l.contains(needle))
 }

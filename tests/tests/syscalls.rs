@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use echo_tests::{read_reply, Running};
+use echo_tests::{read_reply, spawn_a, spawn_b};
 
 const CLIENTS: usize = 8;
 
@@ -112,13 +112,10 @@ fn a_call_through_b_costs_at_most_8_system_calls_and_a_answer_4() {
         println!("SKIP: strace is not installed (apt-get install strace)");
         return;
     }
-    let a = Running::start("service_a", &["--listen", "127.0.0.1:0"]);
+    let a = spawn_a(&[]);
     let a_url = format!("http://{}", a.addr);
-    let b = Running::start(
-        "service_b",
-        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
-    );
-    // Warm up: connection threads, pooled connections to A, first-use allocations.
+    let b = spawn_b(&a_url, &[]);
+    // Warm up: workers, pooled connections to A, first-use allocations.
     assert_eq!(load(b.addr, 50), CLIENTS * 50);
 
     let (a_trace, a_out) = attach(a.pid());
@@ -158,12 +155,9 @@ fn context_switches(pid: u32) -> u64 {
 #[test]
 fn context_switches_at_64_connections_stay_under_the_pool_s_floor() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let a = Running::start("service_a", &["--listen", "127.0.0.1:0"]);
+    let a = spawn_a(&[]);
     let a_url = format!("http://{}", a.addr);
-    let b = Running::start(
-        "service_b",
-        &["--listen", "127.0.0.1:0", "--service-a-url", &a_url],
-    );
+    let b = spawn_b(&a_url, &[]);
     const CLIENTS_64: usize = 64;
     assert_eq!(load_with(b.addr, CLIENTS_64, 20), CLIENTS_64 * 20);
     let (a_before, b_before) = (context_switches(a.pid()), context_switches(b.pid()));

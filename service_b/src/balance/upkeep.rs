@@ -98,7 +98,7 @@ fn resolve(replicas: &Replicas, why: &'static str) {
 
 /// B's own `GET /ready` of an ejected replica, and what it decides.
 fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
-    let status = echo_core::cli::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
+    let status = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
     let failure = match status {
         Ok(200) => None,
         Ok(other) => Some(format!("/ready answered {other}")),
@@ -116,7 +116,7 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
 /// B's own `GET /ready` of a replica that said it drains: on a 200 (a new process at the
 /// address, or a drain called off) it takes calls again; else it is asked again later.
 fn check_drain(replicas: &Replicas, replica: &Replica) {
-    let ready = echo_core::cli::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT)
+    let ready = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT)
         .is_ok_and(|status| status == 200);
     replicas.events.probed(replica.addr, "drain", ready);
     if ready {

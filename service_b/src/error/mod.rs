@@ -162,6 +162,7 @@ fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use echo_tests::JsonBody;
 
     #[test]
     fn details_carry_the_contract_prefixes() {

@@ -1,8 +1,9 @@
-//! The process entry point both `main.rs` files call: parse flags, start, wait for a signal,
-//! drain and stop gracefully. Errors are one line on stderr and a non-zero exit.
+//! The life of a service process, which both `main.rs` files hand over to: parse the
+//! command line, install the logger, start, wait for a signal, drain and stop gracefully, and
+//! the container health check. Errors are one line on stderr and a non-zero exit.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use log::LevelFilter;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::client::status_of;
 use crate::logging::LogFormat;
 use crate::server::ServerHandle;
 
@@ -227,24 +229,6 @@ fn health_status(listen: &str) -> io::Result<u16> {
         addr.set_ip(loopback);
     }
     status_of(addr, "/health", Duration::from_secs(2))
-}
-
-/// The status of `GET path` at `addr` on a connection of its own, within `limit` for each
-/// step: the container health check, and B's probe of an ejected replica's `/ready`.
-pub fn status_of(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, limit)?;
-    stream.set_read_timeout(Some(limit))?;
-    stream.set_write_timeout(Some(limit))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    // "HTTP/1.1 200"
-    head.starts_with(b"HTTP/1.")
-        .then(|| std::str::from_utf8(&head[9..12]).ok())
-        .flatten()
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer"))
 }
 
 fn fail(name: &str, message: &str) -> ExitCode {

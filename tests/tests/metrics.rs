@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use echo_tests::{closed_port, get, try_send, Running};
+use echo_tests::{closed_port, get, scrape, spawn_a, spawn_b, try_send};
 use serde_json::Value;
 
 /// How long Prometheus may take to become ready, and each query to return what it should.
@@ -84,14 +84,13 @@ fn promtool(args: &[&str], input: &[u8]) -> String {
 /// `/metrics` of a service, checked by `promtool check metrics` (a lint problem is printed and
 /// makes it exit non-zero).
 fn check_metrics(name: &str, addr: SocketAddr) -> String {
-    let reply = get(addr, "/metrics");
-    assert_eq!(reply.status, 200, "{name} /metrics");
-    let said = promtool(&["check", "metrics"], &reply.body);
+    let text = scrape(addr).unwrap_or_else(|| panic!("{name} /metrics: not a 200"));
+    let said = promtool(&["check", "metrics"], text.as_bytes());
     assert!(
         said.trim().is_empty(),
         "promtool check metrics on {name}: {said}"
     );
-    String::from_utf8_lossy(&reply.body).into_owned()
+    text
 }
 
 /// A query string value, percent-encoded (everything but the unreserved characters).
@@ -308,25 +307,11 @@ fn promtool_and_a_real_prometheus_accept_the_metrics_and_the_dashboard() {
 
     // A fails 30 % of its /echo calls with a 500 (B answers 503, kind `status`); B's second
     // replica refuses every connection.
-    let a = Running::start(
-        "service_a",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--fail-rate",
-            "0.3",
-            "--seed",
-            "18",
-        ],
-    );
+    let a = spawn_a(&["--fail-rate", "0.3", "--seed", "18"]);
     let refusing = closed_port();
-    let b = Running::start(
-        "service_b",
+    let b = spawn_b(
+        &format!("http://{}", a.addr),
         &[
-            "--listen",
-            "127.0.0.1:0",
-            "--service-a-url",
-            &format!("http://{}", a.addr),
             "--service-a-url",
             &format!("http://{refusing}"),
             "--breaker-threshold",

@@ -133,6 +133,18 @@ impl Breaker {
         true
     }
 
+    /// The replica is gone (its drain over, nothing answers): ejected now, whatever the
+    /// count, if `may_eject` allows one more. Returns whether it was ejected.
+    pub(crate) fn gone(&self, cause: String, may_eject: impl FnOnce() -> bool) -> bool {
+        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN || !may_eject() {
+            return false;
+        }
+        let mut inner = self.lock();
+        self.eject(&mut inner, &cause);
+        inner.last = cause;
+        true
+    }
+
     /// Opens the breaker for the next cooldown of the series.
     fn eject(&self, inner: &mut Inner, why: &str) {
         if inner.closed_since.elapsed() >= self.max_cooldown

@@ -66,7 +66,7 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration, chore: &Chore) {
         let at_ns = now_ns();
         let draining_due = |r: &&Arc<Replica>| r.drain_check_at().is_some_and(|at| at <= at_ns);
         for replica in set.iter().filter(draining_due) {
-            check_drain(&replicas, replica);
+            check_drain(&replicas, &set, replica);
         }
         // Sleep until the next resolution, probe or chore, whichever comes first; a call may
         // wake us sooner. The replicas are not held meanwhile, so they can be dropped.
@@ -114,15 +114,25 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
 }
 
 /// B's own `GET /ready` of a replica that said it drains: on a 200 (a new process at the
-/// address, or a drain called off) it takes calls again; else it is asked again later.
-fn check_drain(replicas: &Replicas, replica: &Replica) {
-    let ready = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT)
-        .is_ok_and(|status| status == 200);
+/// address, or a drain called off) it takes calls again; when nothing answers at all, the
+/// drain is over and the process gone: it is ejected now (no call is sent to find out) and
+/// probed back like any ejected replica; else it is asked again later.
+fn check_drain(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
+    let status = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
+    let ready = status.as_ref().is_ok_and(|status| *status == 200);
     replicas.events.probed(replica.addr, "drain", ready);
     if ready {
         replica.stop_draining();
         log::info!(target: "service_b", "replica {} is ready again after its drain", replica.addr);
-    } else {
-        replica.start_draining(DRAIN_CHECK_EVERY);
+        return;
     }
+    if let Err(e) = status {
+        let cause = format!("its drain is over: /ready: {e}");
+        if replica.breaker.gone(cause, || replicas.may_eject(set)) {
+            replica.stop_draining();
+            replicas.events.ejected(replica.addr);
+            return;
+        }
+    }
+    replica.start_draining(DRAIN_CHECK_EVERY);
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::balance::DRAIN_CHECK_EVERY;
 use crate::balance::{choose, fastest_estimate, Chosen, Events, Replica, Replicas};
-use crate::error::{CallError, Failure, Verdict};
+use crate::error::{CallError, Failure, Retry, Verdict};
 use crate::metrics::Upstream;
 use crate::upstream::{Answer, EchoClient, Forward, Limits};
 
@@ -32,6 +32,9 @@ const REVISIT_FLOOR: Duration = Duration::from_millis(20);
 /// The retry budget holds at most this many retries (and starts full): a burst beyond the
 /// budget's share, for a fleet with little traffic.
 const BUDGET_BURST: i64 = 10;
+/// A replica's wrong answer (a 4xx, a false echo) counts against it when another replica
+/// answered well within this long: then B did not ask wrongly.
+const PEERS_ANSWERED_WITHIN: Duration = Duration::from_secs(10);
 
 /// One attempt's outcome and how long it took.
 type Tried = Result<(Answer, Duration), (Failure, Duration)>;
@@ -142,8 +145,9 @@ impl Caller {
         }
     }
 
-    /// Calls A's `path` (`/echo?msg=…`) with the forwarded headers.
-    pub(crate) fn call(&self, path: &str, forward: Forward<'_>) -> Call {
+    /// Calls A's `path` (`/echo?msg=…`, the echo of `msg` expected) with the forwarded
+    /// headers.
+    pub(crate) fn call(&self, msg: &str, path: &str, forward: Forward<'_>) -> Call {
         let never_made = |e| Call {
             result: Err(e),
             replica: None,
@@ -160,14 +164,15 @@ impl Caller {
         };
         self.budget.deposit();
         let limits = self.first_limits(&set, chosen, timeout);
-        let outcome = self.attempt(first, path, limits, forward);
+        let attempt = |replica: &Replica, limits| self.attempt(replica, msg, path, limits, forward);
+        let outcome = attempt(first, limits);
         let revisit = chosen == Chosen::Revisit;
         if revisit {
             self.metrics.probed(first.addr, "latency", outcome.is_ok());
         }
         let failed = match outcome {
-            Err(failed) if failed.0.retryable => failed,
-            outcome => return self.done(started, first, outcome, revisit),
+            Err(failed) if failed.0.retry != Retry::No => failed,
+            outcome => return self.done(started, first, outcome, revisit, None),
         };
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
@@ -176,23 +181,23 @@ impl Caller {
                 error: CallError::Timeout(timeout),
                 ..failure
             };
-            return self.done(started, first, Err((timed_out, took)), revisit);
+            return self.done(started, first, Err((timed_out, took)), revisit, None);
         }
         if !self.budget.withdraw() {
             self.metrics.retries_denied.inc();
             log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.0.error, forward.request_id);
-            return self.done(started, first, Err(failed), revisit);
+            return self.done(started, first, Err(failed), revisit, None);
         }
-        // From the view now: another usable replica, else the same on a fresh connection
-        // (a pooled connection may have died while idle), where the call counts once.
+        // From the view now: another usable replica, else (when nothing of the answer
+        // arrived) the same on a fresh connection (a pooled connection may have died while
+        // idle), where the call counts once.
         let now = self.replicas.snapshot();
         let (replica, fresh) = match choose(&now, Some(first.addr), false) {
-            Some((second, _)) => {
-                self.record(first, &Err(failed), revisit);
-                (Arc::clone(second), false)
+            Some((second, _)) => (Arc::clone(second), false),
+            None if failed.0.retry == Retry::Anywhere && !first.departed() => {
+                (Arc::clone(first), true)
             }
-            None if !first.departed() => (Arc::clone(first), true),
-            None => return self.done(started, first, Err(failed), revisit),
+            None => return self.done(started, first, Err(failed), revisit, None),
         };
         self.metrics.retries.inc();
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
@@ -202,8 +207,24 @@ impl Caller {
             head: None,
             fresh,
         };
-        let outcome = self.attempt(&replica, path, limits, forward);
-        self.done(started, &replica, outcome, false)
+        let outcome = attempt(&replica, limits);
+        if fresh {
+            return self.done(started, &replica, outcome, false, None);
+        }
+        // Two replicas' answers to the same request judge each other: a wrong answer
+        // where the other answered well is the replica's; wrong answers from both say B
+        // asked wrongly, and count against neither.
+        let suspect = |f: &Failure| matches!(f.verdict, Verdict::Suspect(_));
+        let first_suspect = suspect(&failed.0);
+        let second_suspect = matches!(&outcome, Err((f, _)) if suspect(f));
+        let evidence = match &outcome {
+            Ok(_) => Some(true),
+            Err(_) if second_suspect => Some(false),
+            Err(_) => None,
+        };
+        self.record(first, &Err(failed), revisit, evidence);
+        let evidence = (first_suspect && second_suspect).then_some(false);
+        self.done(started, &replica, outcome, false, evidence)
     }
 
     /// The limits of a first try: alone, the whole deadline for every phase; among
@@ -242,6 +263,7 @@ impl Caller {
     fn attempt(
         &self,
         replica: &Replica,
+        msg: &str,
         path: &str,
         limits: Limits,
         forward: Forward<'_>,
@@ -250,17 +272,21 @@ impl Caller {
         let started = Instant::now();
         let url = format!("{}{path}", replica.base);
         self.client
-            .attempt(&url, limits, forward)
+            .attempt(&url, msg, limits, forward)
             .map(|answer| (answer, started.elapsed()))
             .map_err(|failure| (failure, started.elapsed()))
     }
 
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
-    /// re-resolution when its connect was refused.
-    fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool) {
+    /// re-resolution when its connect was refused. A wrong answer ([`Verdict::Suspect`])
+    /// counts against it when `evidence` says another replica answered the same call well
+    /// (`Some(false)`: it answered wrongly too), or, without evidence, when another replica
+    /// answered well lately.
+    fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool, evidence: Option<bool>) {
         let (failure, took) = match outcome {
             Ok((answer, took)) => {
                 replica.breaker.succeeded();
+                replica.answered_well();
                 if answer.closing && replica.start_draining(DRAIN_CHECK_EVERY) {
                     log::info!(target: "service_b", "replica {} is draining (it closed the connection of its answer): no new calls while others can take them, until its /ready says 200", replica.addr);
                     self.metrics.drained(replica.addr);
@@ -272,24 +298,41 @@ impl Caller {
         };
         match failure.verdict {
             Verdict::BsOwn => {}
-            Verdict::NotItsFault => replica.breaker.succeeded(),
             Verdict::Slower(at_least) => replica.load.observe(took.max(at_least), revisit),
-            Verdict::Failing => {
-                let penalty = took.max(self.client.timeout() / 2);
-                replica.load.observe(penalty, revisit);
-                let set = self.replicas.snapshot();
-                let cause = failure.error.to_string();
-                if replica
-                    .breaker
-                    .failed(cause, || self.replicas.may_eject(&set))
-                {
-                    self.metrics.ejected(replica.addr);
-                    self.replicas.wake_upkeep();
-                }
+            Verdict::Suspect(_)
+                if !evidence.unwrap_or_else(|| self.peers_answered(replica.addr)) =>
+            {
+                replica.breaker.succeeded(); // B asked wrongly: it answered what all answer
             }
+            Verdict::Failing | Verdict::Suspect(_) => self.failing(replica, failure, took, revisit),
         }
         if failure.refused {
             self.replicas.resolve_soon("refused");
+        }
+    }
+
+    /// Whether a replica other than `except` answered a call well lately.
+    fn peers_answered(&self, except: std::net::SocketAddr) -> bool {
+        let set = self.replicas.snapshot();
+        set.iter()
+            .any(|r| r.addr != except && r.answered_within(PEERS_ANSWERED_WITHIN))
+    }
+
+    /// A failed call of `replica`: its estimate takes a penalty, its breaker counts it (a
+    /// 429's `Retry-After` ejects it at once for that long).
+    fn failing(&self, replica: &Replica, failure: &Failure, took: Duration, revisit: bool) {
+        let penalty = took.max(self.client.timeout() / 2);
+        replica.load.observe(penalty, revisit);
+        let set = self.replicas.snapshot();
+        let cause = failure.error.to_string();
+        let may_eject = || self.replicas.may_eject(&set);
+        let ejected = match failure.verdict {
+            Verdict::Suspect(Some(wait)) => replica.breaker.hold(cause, wait, may_eject),
+            _ => replica.breaker.failed(cause, may_eject),
+        };
+        if ejected {
+            self.metrics.ejected(replica.addr);
+            self.replicas.wake_upkeep();
         }
     }
 
@@ -300,8 +343,9 @@ impl Caller {
         replica: &Arc<Replica>,
         outcome: Tried,
         revisit: bool,
+        evidence: Option<bool>,
     ) -> Call {
-        self.record(replica, &outcome, revisit);
+        self.record(replica, &outcome, revisit, evidence);
         self.metrics
             .duration
             .0

@@ -133,7 +133,7 @@ impl ServiceB {
             tracestate: req.trace.state.as_deref(),
         };
         let started = Instant::now();
-        let Call { result, replica } = req.blocking(|| self.caller.call(&path, forward));
+        let Call { result, replica } = req.blocking(|| self.caller.call(&msg, &path, forward));
         let replica_name = replica
             .as_ref()
             .map_or("none".to_string(), |r| r.addr.to_string());

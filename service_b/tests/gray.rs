@@ -442,3 +442,96 @@ fn a_replica_that_joins_starts_slowly() {
     assert!(early_share < 0.2, "{early_share}");
     assert!(late_share > 0.2, "a third expected: {late_share}");
 }
+
+/// A whole answer of `status` with `extra` header lines and a JSON `body`, then a close.
+fn raw(status: u16, extra: &str, body: &str) -> Behaviour {
+    Behaviour::Raw(format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// One replica of three answers at once what no healthy A answers to B's request: a 4xx
+/// (version skew, another service on the port, a rate limiter) or a false echo with extra
+/// keys. While the others answer 200 it is a failing replica: each of its answers is retried
+/// elsewhere, it is ejected within a second, and no client gets its answer as a 200. Before,
+/// a 4xx replica kept its full share (27-29 % of the calls failed, no ejection) and a lying
+/// one passed its echo on as a 200.
+#[test]
+fn a_replica_answering_4xx_or_a_false_echo_costs_few_calls_and_is_ejected() {
+    let _alone = alone();
+    let good = [a_on("127.0.0.2", |_| {}), a_on("127.0.0.3", |_| {})];
+    let lie = r#"{"echo":"WRONG","injected":{"x":1}}"#;
+    let cases = [
+        ("404", raw(404, "", r#"{"error":"Not found"}"#)),
+        ("400", raw(400, "", r#"{"error":"bad"}"#)),
+        ("429 Retry-After: 5", raw(429, "Retry-After: 5\r\n", "{}")),
+        ("429", raw(429, "", "{}")),
+        ("a false echo", raw(200, "", lie)),
+    ];
+    for (name, behaviour) in cases {
+        let bad = FakeA::start(behaviour);
+        let b = b_over(&[good[0].url(), good[1].url(), bad.url()], |_| {});
+        let addr = b.addr();
+        let started = Instant::now();
+        let calls = thread::spawn(move || load(addr, 8, Duration::from_secs(2)));
+        let ejections = format!(r#"upstream_ejections_total{{replica="{}"}}"#, bad.addr);
+        let mut ejected_after = None;
+        while ejected_after.is_none() && started.elapsed() < Duration::from_secs(2) {
+            if metric(addr, &ejections) > 0 {
+                ejected_after = Some(started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(5)); // the pace of the polling
+        }
+        let seen = calls.join().expect("load");
+        let false_200 = seen.wrong.iter().filter(|w| w.starts_with("200")).count();
+        println!(
+            "{name}: {} calls, {} failed, ejected after {ejected_after:?}, it got {}",
+            seen.took.len(),
+            seen.wrong.len(),
+            bad.requests().len()
+        );
+        assert_eq!(
+            false_200,
+            0,
+            "{name}: {:?}",
+            &seen.wrong[..seen.wrong.len().min(3)]
+        );
+        assert!(
+            seen.wrong.len() <= 10,
+            "{name}: {} failed: {:?}",
+            seen.wrong.len(),
+            &seen.wrong[..seen.wrong.len().min(5)]
+        );
+        assert!(
+            ejected_after.is_some_and(|t| t < Duration::from_secs(1)),
+            "{name}: ejected after {ejected_after:?}"
+        );
+    }
+}
+
+/// When every replica answers a 4xx or a false echo, B asked wrongly (or all are broken
+/// alike): the client gets the `status` or `bad_response` it got before, and no replica
+/// is ejected for it.
+#[test]
+fn a_wrong_answer_from_every_replica_ejects_none() {
+    let _alone = alone();
+    for (kind, behaviour) in [
+        ("status", raw(404, "", r#"{"error":"Not found"}"#)),
+        ("bad_response", raw(200, "", r#"{"echo":"WRONG"}"#)),
+    ] {
+        let fakes = [FakeA::start(behaviour.clone()), FakeA::start(behaviour)];
+        let b = b_over(&[fakes[0].url(), fakes[1].url()], |c| {
+            c.breaker_threshold = 2
+        });
+        for i in 0..20 {
+            let r = get(b.addr(), &format!("/call-echo?msg=m{i}"));
+            assert_eq!((r.status, r.json()["kind"].as_str()), (503, Some(kind)));
+        }
+        let text = String::from_utf8_lossy(&get(b.addr(), "/metrics").body).into_owned();
+        for fake in &fakes {
+            let closed = format!(r#"circuit_breaker_state{{replica="{}"}} 0"#, fake.addr);
+            assert!(text.contains(&closed), "{kind}: {text}");
+        }
+    }
+}

@@ -237,6 +237,9 @@ pub enum Behaviour {
     /// open, then closes it on the next request without answering: an idle pooled
     /// connection that died just as it was reused.
     OncePerConnection(String),
+    /// Writes these bytes as they are (a whole answer: status line, headers, body) and
+    /// closes: a replica answering what it should not, a 429 with `Retry-After`, …
+    Raw(String),
 }
 
 /// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
@@ -349,6 +352,9 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
         Behaviour::CutAfterStatusLine => {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n");
             let _ = stream.shutdown(Shutdown::Both);
+        }
+        Behaviour::Raw(bytes) => {
+            let _ = stream.write_all(bytes.as_bytes());
         }
         Behaviour::OncePerConnection(body) => {
             let _ = write!(

@@ -133,6 +133,34 @@ impl Breaker {
         true
     }
 
+    /// The replica asked to be left alone for `wait` (a 429's `Retry-After`): it is ejected
+    /// at once for that long (at most the longest cooldown), if `may_eject` allows one more
+    /// ejection, else the answer counts as one failed call. Its ejection series does not
+    /// grow: it asked, it did not fail. Returns whether it was ejected.
+    pub(crate) fn hold(
+        &self,
+        cause: String,
+        wait: Duration,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
+        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN {
+            return false;
+        }
+        if !may_eject() {
+            return self.failed(cause, || false);
+        }
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inner = self.lock();
+        let cooldown = wait.min(self.max_cooldown);
+        inner.last = cause;
+        inner.failures = failures;
+        inner.until = Instant::now() + cooldown;
+        inner.cooldown = cooldown;
+        self.state.store(EJECTED, Ordering::SeqCst);
+        log::warn!(target: "service_b", "{} ejected: it answered 429 with Retry-After; probe in {}ms", self.name, cooldown.as_millis());
+        true
+    }
+
     /// Opens the breaker for the next cooldown of the series.
     fn eject(&self, inner: &mut Inner, why: &str) {
         if inner.closed_since.elapsed() >= self.max_cooldown
@@ -303,6 +331,30 @@ mod tests {
         assert!(b.probe_due(), "at once once it returns");
         assert!(!b.probed(Some("refused".to_string())));
         assert_eq!(b.cooldown(), Duration::from_millis(100), "a new series");
+    }
+
+    #[test]
+    fn a_retry_after_ejects_at_once_for_its_wait_without_growing_the_series() {
+        let b = breaker(5, 100, 10_000);
+        assert!(b.hold("429".to_string(), Duration::from_secs(3), || true));
+        assert_eq!((b.state_value(), b.cooldown()), (1, Duration::from_secs(3)));
+        b.lock().until = Instant::now();
+        assert!(b.probe_due() && b.probed(None));
+        assert!(b.hold("429".to_string(), Duration::from_secs(60), || true));
+        assert_eq!(b.cooldown(), Duration::from_secs(10), "at most the longest");
+        b.lock().until = Instant::now();
+        assert!(b.probe_due() && b.probed(None));
+        for _ in 0..5 {
+            fail(&b);
+        }
+        assert_eq!(
+            b.cooldown(),
+            Duration::from_millis(100),
+            "the series did not grow"
+        );
+        let full = breaker(5, 100, 10_000);
+        assert!(!full.hold("429".to_string(), Duration::from_secs(3), || false));
+        assert!(full.available(), "beyond the share, it stays in");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) struct Replica {
     /// It said it is draining (`Connection: close` on an answer): when its `/ready` is next
     /// asked (ns, see [`now_ns`]); 0 when it is not draining.
     drain_check_at: AtomicU64,
+    /// When it last answered a call well (ns, see [`now_ns`]; 0: never).
+    answered_at: AtomicU64,
 }
 
 impl Replica {
@@ -58,7 +60,19 @@ impl Replica {
             slow_until: AtomicU64::new(0),
             departed: AtomicBool::new(false),
             drain_check_at: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
         }
+    }
+
+    /// It answered a call well: the echo of the message sent.
+    pub(crate) fn answered_well(&self) {
+        self.answered_at.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Whether it answered a call well within `within`.
+    pub(crate) fn answered_within(&self, within: Duration) -> bool {
+        let at = self.answered_at.load(Ordering::Relaxed);
+        at != 0 && now_ns().saturating_sub(at) <= within.as_nanos() as u64
     }
 
     /// Counts a call in flight on this replica until the guard drops.

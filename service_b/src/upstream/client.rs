@@ -16,7 +16,7 @@ use ureq::Agent;
 use super::pool::Pool;
 use super::transport::{AddressOnly, Connect, INPUT_BUFFER, OUTPUT_BUFFER};
 use crate::error::{
-    classify, classify_body, classify_body_failure, classify_status, Failure, Seen,
+    classify, classify_body, classify_body_failure, classify_status, retry_after, Failure, Seen,
 };
 
 /// Largest body accepted from A; an echo of the longest possible message fits easily.
@@ -115,10 +115,12 @@ impl EchoClient {
         self.timeout
     }
 
-    /// One attempt: GET `url` within `limits` and return A's JSON object.
+    /// One attempt: GET `url` within `limits` and return A's JSON object, which must be
+    /// the echo of `expect`, the message sent.
     pub(crate) fn attempt(
         &self,
         url: &str,
+        expect: &str,
         limits: Limits,
         forward: Forward<'_>,
     ) -> Result<Answer, Failure> {
@@ -161,8 +163,14 @@ impl EchoClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         let refused_for_time = headers.contains_key(DEADLINE_EXCEEDED_HEADER);
+        let after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
         let status = response.status().as_u16();
-        if let Some(failure) = classify_status(status, refused_for_time, told, seen(&received)) {
+        if let Some(failure) =
+            classify_status(status, refused_for_time, told, after, seen(&received))
+        {
             return Err(failure);
         }
         let body = response
@@ -171,7 +179,7 @@ impl EchoClient {
             .limit(MAX_A_BODY)
             .read_to_vec()
             .map_err(|e| classify_body_failure(e, self.timeout))?;
-        let value = classify_body(&body).map_err(|e| Failure::failing(e, false))?;
+        let value = classify_body(&body, expect)?;
         Ok(Answer { value, closing })
     }
 }

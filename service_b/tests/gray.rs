@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echo_core::ServerHandle;
-use echo_tests::{get, read_reply, Behaviour, FakeA};
+use echo_tests::{get, read_reply, Behaviour, DelayProxy, FakeA};
 use service_b::{spawn, spawn_with_resolver, Config, Resolve};
 
 /// The tests here measure shares of calls and latencies on two CPUs: each runs alone, so
@@ -534,4 +534,55 @@ fn a_wrong_answer_from_every_replica_ejects_none() {
             assert!(text.contains(&closed), "{kind}: {text}");
         }
     }
+}
+
+/// One replica of three is 300 ms slow on its network (a proxy delays every chunk; it cannot
+/// refuse work it cannot finish in time, as `--delay-ms` can). Its probes answer 200 but
+/// far slower than the fleet, so it is not readmitted while it stays slow, and the
+/// clients barely notice it. Before, a probe answering within 1 s readmitted it: it was
+/// ejected and readmitted again and again (here with short cooldowns, 500 ms up to 1 s).
+#[test]
+fn a_replica_slow_on_its_network_is_not_readmitted_while_slow() {
+    let _alone = alone();
+    let fast = [a_on("127.0.0.2", |_| {}), a_on("127.0.0.3", |_| {})];
+    let behind = a_on("127.0.0.4", |_| {});
+    let slow = DelayProxy::start("127.0.0.5", behind.addr(), Duration::from_millis(300));
+    let b = b_over(&[fast[0].url(), fast[1].url(), slow.url()], |c| {
+        c.breaker_cooldown_ms = 500;
+        c.breaker_max_cooldown_ms = 1000;
+    });
+    for clients in [1, 12] {
+        let seen = load(b.addr(), clients, Duration::from_secs(4));
+        let over = seen.over(Duration::from_millis(20));
+        println!(
+            "{clients} client(s): {} calls, p99 {:?}, {over} over 20 ms",
+            seen.took.len(),
+            seen.p99()
+        );
+        assert!(
+            seen.wrong.is_empty(),
+            "{:?}",
+            &seen.wrong[..seen.wrong.len().min(5)]
+        );
+        assert!(
+            over * 100 < seen.took.len(),
+            "p99 over 20 ms: {over} of {} calls",
+            seen.took.len()
+        );
+    }
+    let readmitted = format!(
+        r#"upstream_probes_total{{replica="{}",kind="health",result="ok"}}"#,
+        slow.addr
+    );
+    let probed = format!(
+        r#"upstream_probes_total{{replica="{}",kind="health",result="failed"}}"#,
+        slow.addr
+    );
+    let (readmissions, refused) = (metric(b.addr(), &readmitted), metric(b.addr(), &probed));
+    println!("the slow replica: {readmissions} readmissions, {refused} probes too slow");
+    assert!(
+        readmissions <= 1,
+        "readmitted {readmissions} times while slow"
+    );
+    assert!(refused > 0, "never probed");
 }

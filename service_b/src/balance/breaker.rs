@@ -1,6 +1,6 @@
 //! The breaker of one replica of Service A: after `threshold` failed calls in a row the
 //! replica is ejected (no call reaches it) for a cooldown that doubles with each ejection in
-//! a row, up to a cap, and resets once the replica has stayed in for as long as the cap.
+//! a row, up to a cap, and resets once the replica has stayed in for five first cooldowns.
 //! After the cooldown B's own probe (A's `/ready`, in the background, see `upkeep`) decides:
 //! success readmits it, failure ejects it again for longer. No user call is ever the trial.
 //! Whether a replica may be ejected at all is decided by its set (never more than a share of
@@ -161,12 +161,19 @@ impl Breaker {
         true
     }
 
+    /// How long a readmitted replica stays in before its ejection series ends, so that an
+    /// old fault does not lengthen the cooldown of the next: five first cooldowns (10 s at
+    /// the defaults), at most the longest cooldown.
+    fn series_end(&self) -> Duration {
+        self.cooldown.saturating_mul(5).min(self.max_cooldown)
+    }
+
     /// Opens the breaker for the next cooldown of the series.
     fn eject(&self, inner: &mut Inner, why: &str) {
-        if inner.closed_since.elapsed() >= self.max_cooldown
+        if inner.closed_since.elapsed() >= self.series_end()
             && self.state.load(Ordering::SeqCst) == IN
         {
-            inner.ejections = 0; // in for long enough: the series starts again
+            inner.ejections = 0; // served for long enough: the series starts again
         }
         let doubling = 1u32.checked_shl(inner.ejections).unwrap_or(u32::MAX);
         let cooldown = self
@@ -355,6 +362,32 @@ mod tests {
         let full = breaker(5, 100, 10_000);
         assert!(!full.hold("429".to_string(), Duration::from_secs(3), || false));
         assert!(full.available(), "beyond the share, it stays in");
+    }
+
+    #[test]
+    fn a_series_ends_after_five_first_cooldowns_in() {
+        let b = breaker(1, 100, 10_000);
+        fail(&b);
+        for _ in 0..3 {
+            b.lock().until = Instant::now();
+            assert!(b.probe_due());
+            b.probed(Some("refused".to_string()));
+        }
+        assert_eq!(b.cooldown(), Duration::from_millis(800));
+        b.lock().until = Instant::now();
+        assert!(b.probe_due() && b.probed(None));
+        b.lock().closed_since = Instant::now() - Duration::from_millis(400);
+        fail(&b);
+        assert_eq!(
+            b.cooldown(),
+            Duration::from_millis(1600),
+            "in too short: the series goes on"
+        );
+        b.lock().until = Instant::now();
+        assert!(b.probe_due() && b.probed(None));
+        b.lock().closed_since = Instant::now() - Duration::from_millis(500);
+        fail(&b);
+        assert_eq!(b.cooldown(), Duration::from_millis(100), "a new series");
     }
 
     #[test]

@@ -35,6 +35,11 @@ const BUDGET_BURST: i64 = 10;
 /// A replica's wrong answer (a 4xx, a false echo) counts against it when another replica
 /// answered well within this long: then B did not ask wrongly.
 const PEERS_ANSWERED_WITHIN: Duration = Duration::from_secs(10);
+/// A wrong answer to a request that another replica then answered well counts as this many
+/// failed calls for the breaker: the surest sign B gets, and one such replica, passed over
+/// by the choice after its first, is otherwise tried only every 250 ms (a revisit), so
+/// five in a row would take over a second.
+const PROVEN_WRONG_WEIGHT: u32 = 2;
 
 /// One attempt's outcome and how long it took.
 type Tried = Result<(Answer, Duration), (Failure, Duration)>;
@@ -287,9 +292,9 @@ impl Caller {
             Ok((answer, took)) => {
                 replica.breaker.succeeded();
                 replica.answered_well();
-                if answer.closing && replica.start_draining(DRAIN_CHECK_EVERY) {
-                    log::info!(target: "service_b", "replica {} is draining (it closed the connection of its answer): no new calls while others can take them, until its /ready says 200", replica.addr);
-                    self.metrics.drained(replica.addr);
+                // Perhaps a notice that it drains, perhaps its habit (keep-alive off): its
+                // /ready tells, asked by the upkeep at once.
+                if answer.closing && replica.closed_connection(DRAIN_CHECK_EVERY) {
                     self.replicas.wake_upkeep();
                 }
                 return replica.load.observe(*took, revisit);
@@ -304,7 +309,12 @@ impl Caller {
             {
                 replica.breaker.succeeded(); // B asked wrongly: it answered what all answer
             }
-            Verdict::Failing | Verdict::Suspect(_) => self.failing(replica, failure, took, revisit),
+            Verdict::Failing | Verdict::Suspect(_) => {
+                let proven =
+                    evidence == Some(true) && matches!(failure.verdict, Verdict::Suspect(_));
+                let weight = if proven { PROVEN_WRONG_WEIGHT } else { 1 };
+                self.failing(replica, failure, took, revisit, weight);
+            }
         }
         if failure.refused {
             self.replicas.resolve_soon("refused");
@@ -320,7 +330,14 @@ impl Caller {
 
     /// A failed call of `replica`: its estimate takes a penalty, its breaker counts it (a
     /// 429's `Retry-After` ejects it at once for that long).
-    fn failing(&self, replica: &Replica, failure: &Failure, took: Duration, revisit: bool) {
+    fn failing(
+        &self,
+        replica: &Replica,
+        failure: &Failure,
+        took: Duration,
+        revisit: bool,
+        weight: u32,
+    ) {
         let penalty = took.max(self.client.timeout() / 2);
         replica.load.observe(penalty, revisit);
         let set = self.replicas.snapshot();
@@ -328,7 +345,7 @@ impl Caller {
         let may_eject = || self.replicas.may_eject(&set);
         let ejected = match failure.verdict {
             Verdict::Suspect(Some(wait)) => replica.breaker.hold(cause, wait, may_eject),
-            _ => replica.breaker.failed(cause, may_eject),
+            _ => replica.breaker.failed_as(weight, cause, may_eject),
         };
         if ejected {
             self.metrics.ejected(replica.addr);

@@ -118,7 +118,7 @@ impl Upstream {
         );
         registry.register(
             "upstream_drains",
-            "Replicas of Service A seen draining (an answer with Connection: close): avoided until their /ready says 200",
+            "Replicas of Service A seen draining (an answer with Connection: close, then /ready 503): avoided until their /ready says 200",
             self.drains.clone(),
         );
         registry.register(
@@ -134,18 +134,17 @@ impl Upstream {
         registry.register_collector(Box::new(PerReplica(Arc::downgrade(replicas))));
         registry.register_collector(Box::new(Idle(Arc::downgrade(pool))));
     }
+}
 
-    /// Counts one replica seen starting to drain.
-    pub(crate) fn drained(&self, replica: SocketAddr) {
+impl Events for Upstream {
+    fn drained(&self, replica: SocketAddr) {
         self.drains
             .get_or_create(&ReplicaLabel {
                 replica: replica.to_string(),
             })
             .inc();
     }
-}
 
-impl Events for Upstream {
     fn ejected(&self, replica: SocketAddr) {
         self.ejections
             .get_or_create(&ReplicaLabel {

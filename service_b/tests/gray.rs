@@ -586,3 +586,37 @@ fn a_replica_slow_on_its_network_is_not_readmitted_while_slow() {
     );
     assert!(refused > 0, "never probed");
 }
+
+/// A healthy replica that closes every connection after its answer (keep-alive off, legal
+/// HTTP/1.1) keeps its share: its `/ready` says 200, so it is not draining. Before, the
+/// first answer with `Connection: close` marked it draining, and again after each `/ready`.
+#[test]
+fn a_replica_with_keep_alive_off_is_not_taken_for_draining() {
+    let _alone = alone();
+    let a = a_on("127.0.0.2", |_| {});
+    let closing = FakeA::start(Behaviour::EchoClosing);
+    let b = b_over(&[a.url(), closing.url()], |_| {});
+    let seen = load(b.addr(), 4, Duration::from_secs(2));
+    assert!(
+        seen.wrong.is_empty(),
+        "{:?}",
+        &seen.wrong[..seen.wrong.len().min(5)]
+    );
+    let echoes = closing
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /echo"))
+        .count();
+    let drains = format!(r#"upstream_drains_total{{replica="{}"}}"#, closing.addr);
+    let share = echoes as f64 / seen.took.len().max(1) as f64;
+    println!(
+        "{} calls, {:.0} % to the closing replica, {} drains",
+        seen.took.len(),
+        share * 100.0,
+        metric(b.addr(), &drains)
+    );
+    assert_eq!(metric(b.addr(), &drains), 0, "taken for draining");
+    // A new connection per call makes it the slower of the two, so its share is smaller
+    // than half; taken for draining, it got almost none (a call per /ready check).
+    assert!(share > 0.02, "it got {:.1} % of the calls", share * 100.0);
+}

@@ -243,6 +243,10 @@ pub enum Behaviour {
     /// `/ready` gets a whole 200 answer, one byte every this long (a replica that trickles
     /// its answer); any other path a 500 at once.
     TrickleReady(Duration),
+    /// A healthy A that closes every connection after its answer (keep-alive off, legal
+    /// HTTP/1.1): `/echo?msg=M` gets `{"echo":"M"}` (M of plain characters, `%XX` and `+`
+    /// decoded), `/ready` 200, each with `Connection: close`.
+    EchoClosing,
 }
 
 /// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
@@ -342,6 +346,25 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
                     return;
                 }
             }
+        }
+        Behaviour::EchoClosing => {
+            let head = seen
+                .lock()
+                .ok()
+                .and_then(|s| s.last().cloned())
+                .unwrap_or_default();
+            let body = match head.split(' ').nth(1).and_then(|t| t.split_once("msg=")) {
+                Some((_, msg)) => {
+                    let msg = form_decode(msg.split('&').next().unwrap_or(""));
+                    serde_json::json!({ "echo": msg }).to_string()
+                }
+                None => r#"{"status":"ready"}"#.to_string(),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
         Behaviour::TrickleReady(_) => {
             let _ = stream
@@ -451,6 +474,31 @@ fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
             }
         }
     });
+}
+
+/// `%XX` and `+` decoded (bytes that are not UTF-8 replaced).
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The workspace's service binaries, which the tests build themselves.

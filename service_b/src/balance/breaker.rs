@@ -113,17 +113,28 @@ impl Breaker {
     /// that ends while the breaker is not closed (it started before) changes nothing.
     /// Returns whether this failure ejected the replica.
     pub(crate) fn failed(&self, cause: String, may_eject: impl FnOnce() -> bool) -> bool {
+        self.failed_as(1, cause, may_eject)
+    }
+
+    /// Like [`Breaker::failed`], for a failure that counts as `weight` failed calls: a wrong
+    /// answer to a request another replica answered well is the surest sign there is.
+    pub(crate) fn failed_as(
+        &self,
+        weight: u32,
+        cause: String,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
         if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN {
             return false;
         }
-        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let failures = self.failures.fetch_add(weight, Ordering::SeqCst) + weight;
         let mut inner = self.lock();
         inner.last = cause;
         if failures < self.threshold {
             return false;
         }
         if !may_eject() {
-            if failures == self.threshold {
+            if failures - weight < self.threshold {
                 log::warn!(target: "service_b", "{} not ejected after {failures} failed calls in a row: as many replicas as may be are out already", self.name);
             }
             return false;

@@ -37,7 +37,11 @@ pub(crate) struct Settings {
 pub(crate) trait Events: Send + Sync + std::fmt::Debug {
     /// A replica was ejected (by its calls or by a failed probe).
     fn ejected(&self, replica: SocketAddr);
-    /// B's own `GET /ready` of a replica: `kind` `health` (ejected) or `drain` (draining).
+    /// A replica was seen draining: an answer closed its connection and its `/ready` said
+    /// 503.
+    fn drained(&self, replica: SocketAddr);
+    /// B's own `GET /ready` of a replica: `kind` `health` (ejected) or `drain` (draining,
+    /// or an answer closed its connection).
     fn probed(&self, replica: SocketAddr, kind: &'static str, ok: bool);
     /// The names were resolved again, because of `why`.
     fn resolved(&self, why: &'static str);
@@ -313,6 +317,7 @@ pub(crate) mod tests {
 
     impl Events for Uncounted {
         fn ejected(&self, _: SocketAddr) {}
+        fn drained(&self, _: SocketAddr) {}
         fn probed(&self, _: SocketAddr, _: &'static str, _: bool) {}
         fn resolved(&self, _: &'static str) {}
     }

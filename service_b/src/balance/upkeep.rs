@@ -110,6 +110,9 @@ fn start_probes(replicas: &Arc<Replicas>, set: &Arc<[Arc<Replica>]>) {
             replica.start_draining(PROBE_TIMEOUT + DRAIN_CHECK_EVERY);
             let (replicas, _, target) = owned;
             probe::spawn(move || check_drain(&replicas, &target));
+        } else if replica.take_close_check() {
+            let (replicas, _, target) = owned;
+            probe::spawn(move || check_close(&replicas, &target));
         }
     }
 }
@@ -141,6 +144,19 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
         replica.start_slowly(replicas.settings.slow_start, start.max(median));
     } else {
         replicas.events.ejected(replica.addr);
+    }
+}
+
+/// B's own `GET /ready` of a replica whose answer closed its connection: a 503 says it
+/// drains (no new calls while others can take them, until its `/ready` says 200); a 200
+/// says it only closes its connections (keep-alive off), and it keeps its share.
+fn check_close(replicas: &Replicas, replica: &Replica) {
+    let status = probe::ready(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
+    let ready = matches!(status, Ok((200, _)));
+    replicas.events.probed(replica.addr, "drain", ready);
+    if matches!(status, Ok((503, _))) && replica.start_draining(DRAIN_CHECK_EVERY) {
+        log::info!(target: "service_b", "replica {} is draining (an answer closed its connection, its /ready says 503): no new calls while others can take them, until its /ready says 200", replica.addr);
+        replicas.events.drained(replica.addr);
     }
 }
 

@@ -151,17 +151,27 @@ impl Caller {
     }
 
     /// Calls A's `path` (`/echo?msg=…`, the echo of `msg` expected) with the forwarded
-    /// headers.
-    pub(crate) fn call(&self, msg: &str, path: &str, forward: Forward<'_>) -> Call {
+    /// headers, within `deadline` (at most `--timeout-ms`; a client's own
+    /// `X-Request-Timeout-Ms` may shorten it).
+    pub(crate) fn call(
+        &self,
+        msg: &str,
+        path: &str,
+        deadline: Duration,
+        forward: Forward<'_>,
+    ) -> Call {
         let never_made = |e| Call {
             result: Err(e),
             replica: None,
         };
+        let timeout = deadline.min(self.client.timeout());
+        if timeout.is_zero() {
+            return never_made(CallError::Timeout(timeout)); // no time at all: A not called
+        }
         let Some(_slot) = self.bulkhead.try_enter() else {
             return never_made(CallError::Overloaded(self.bulkhead.limit));
         };
         let started = Instant::now();
-        let timeout = self.client.timeout();
         let set = self.replicas.snapshot();
         let Some((first, chosen)) = choose(&set, None, true) else {
             self.replicas.resolve_soon("no_replica");
@@ -207,6 +217,7 @@ impl Caller {
         self.metrics.retries.inc();
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
         let limits = Limits {
+            deadline: timeout,
             left,
             connect: Some(self.connect_timeout.min(left)),
             head: None,
@@ -244,6 +255,7 @@ impl Caller {
         let head = match chosen {
             Chosen::Only => {
                 return Limits {
+                    deadline: timeout,
                     left: timeout,
                     connect: None,
                     head: None,
@@ -257,6 +269,7 @@ impl Caller {
                 .min(per_try),
         };
         Limits {
+            deadline: timeout,
             left: timeout,
             connect: Some(self.connect_timeout.min(head.max(REVISIT_FLOOR))),
             head: Some(head),
@@ -301,7 +314,15 @@ impl Caller {
             }
             Err((failure, took)) => (failure, *took),
         };
-        match failure.verdict {
+        let verdict = match (&failure.error, failure.verdict) {
+            // The client's own deadline, shorter than B's, passed: the replica is at least
+            // that slow, not failing.
+            (CallError::Timeout(d), Verdict::Failing) if *d < self.client.timeout() => {
+                Verdict::Slower(took)
+            }
+            (_, verdict) => verdict,
+        };
+        match verdict {
             Verdict::BsOwn => {}
             Verdict::Slower(at_least) => replica.load.observe(took.max(at_least), revisit),
             Verdict::Suspect(_)

@@ -133,20 +133,20 @@ impl ServiceB {
             tracestate: req.trace.state.as_deref(),
         };
         let started = Instant::now();
-        let Call { result, replica } = req.blocking(|| self.caller.call(&msg, &path, forward));
+        // The client's own deadline, when shorter (the contract's stays the longest).
+        let deadline = req.budget.map_or(self.caller.client.timeout(), |b| {
+            b.min(self.caller.client.timeout())
+        });
+        let Call { result, replica } =
+            req.blocking(|| self.caller.call(&msg, &path, deadline, forward));
         let replica_name = replica
             .as_ref()
             .map_or("none".to_string(), |r| r.addr.to_string());
         let base = replica
             .as_ref()
             .map_or(self.first_url.as_str(), |r| r.base.as_str());
-        self.log_call(
-            req,
-            &format!("{base}{path}"),
-            &replica_name,
-            &result,
-            started,
-        );
+        let url = format!("{base}{path}");
+        self.log_call(req, (&url, deadline), &replica_name, &result, started);
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
         self.caller
             .metrics
@@ -168,12 +168,12 @@ impl ServiceB {
     fn log_call(
         &self,
         req: &Request,
-        url: &str,
+        (url, deadline): (&str, Duration),
         replica: &str,
         result: &Result<serde_json::Value, CallError>,
         started: Instant,
     ) {
-        let timeout_ms = self.caller.client.timeout().as_millis() as u64;
+        let timeout_ms = deadline.as_millis() as u64;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let (id, trace, span) = (&req.request_id, &req.trace.trace_id, &req.trace.span_id);
         match result {

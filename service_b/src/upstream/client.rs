@@ -28,6 +28,8 @@ const HEAD_ROOM: usize = 512;
 /// The limits of one attempt, each within what is left of the call's deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
+    /// The call's deadline: `--timeout-ms`, or the client's shorter one.
+    pub(crate) deadline: Duration,
     /// What is left of the deadline.
     pub(crate) left: Duration,
     /// At most this to connect (`None`: the deadline).
@@ -110,7 +112,7 @@ impl EchoClient {
         format!("/echo?msg={}", form_encode(msg))
     }
 
-    /// The deadline every call gets.
+    /// The deadline every call gets, unless its client asks for a shorter one.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -132,7 +134,7 @@ impl EchoClient {
         };
         let agent = Agent::with_parts(self.config.clone(), connect, AddressOnly);
         let seen =
-            |received: &AtomicUsize| limits.seen(received.load(Ordering::Relaxed), self.timeout);
+            |received: &AtomicUsize| limits.seen(received.load(Ordering::Relaxed), limits.deadline);
         let told = limits.time_told();
         let mut request = agent
             .get(url)
@@ -178,7 +180,7 @@ impl EchoClient {
             .with_config()
             .limit(MAX_A_BODY)
             .read_to_vec()
-            .map_err(|e| classify_body_failure(e, self.timeout))?;
+            .map_err(|e| classify_body_failure(e, limits.deadline))?;
         let value = classify_body(&body, expect)?;
         Ok(Answer { value, closing })
     }

@@ -6,11 +6,9 @@
 //! replica's breaker and latency estimate; a refused connect or no usable replica asks for a
 //! re-resolution at once.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use crate::balance::DRAIN_CHECK_EVERY;
@@ -18,6 +16,10 @@ use crate::balance::{choose, fastest_estimate, Chosen, Events, Replica, Replicas
 use crate::error::{CallError, Failure, Retry, Verdict};
 use crate::metrics::Upstream;
 use crate::upstream::{Answer, EchoClient, Forward, Limits};
+
+mod guards;
+
+use guards::{Bulkhead, RetryBudget};
 
 /// A first try among several replicas waits at most this many times the fastest replica's
 /// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the
@@ -29,9 +31,6 @@ const PER_TRY_FLOOR: Duration = Duration::from_millis(100);
 /// still slow.
 const REVISIT_FACTOR: f64 = 4.0;
 const REVISIT_FLOOR: Duration = Duration::from_millis(20);
-/// The retry budget holds at most this many retries (and starts full): a burst beyond the
-/// budget's share, for a fleet with little traffic.
-const BUDGET_BURST: i64 = 10;
 /// A replica's wrong answer (a 4xx, a false echo) counts against it when another replica
 /// answered well within this long: then B did not ask wrongly.
 const PEERS_ANSWERED_WITHIN: Duration = Duration::from_secs(10);
@@ -48,70 +47,6 @@ type Tried = Result<(Answer, Duration), (Failure, Duration)>;
 pub(crate) struct Call {
     pub(crate) result: Result<Value, CallError>,
     pub(crate) replica: Option<Arc<Replica>>,
-}
-
-/// At most `limit` calls to A at once; a slot is held for the whole call.
-#[derive(Debug)]
-struct Bulkhead {
-    limit: usize,
-    used: AtomicUsize,
-    gauge: Gauge,
-}
-
-/// One slot of the bulkhead, given back on drop.
-struct Slot<'a>(&'a Bulkhead);
-
-impl Bulkhead {
-    fn try_enter(&self) -> Option<Slot<'_>> {
-        let before = self.used.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(self);
-        if before >= self.limit {
-            return None; // dropping `slot` gives the count back
-        }
-        self.gauge.set((before + 1) as i64);
-        Some(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let now = self.0.used.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.0.gauge.set(now.min(self.0.limit) as i64);
-    }
-}
-
-/// Retries at most a share of the calls (Linkerd's and Envoy's retry budgets): each call
-/// adds its share of a retry, a retry takes a whole one, and at most [`BUDGET_BURST`] are
-/// kept, so a failing fleet is never sent twice its load. In thousandths, one atomic.
-#[derive(Debug)]
-struct RetryBudget {
-    per_call: i64,
-    tokens: AtomicI64,
-}
-
-impl RetryBudget {
-    fn new(percent: u32) -> RetryBudget {
-        RetryBudget {
-            per_call: i64::from(percent) * 10,
-            tokens: AtomicI64::new(BUDGET_BURST * 1000),
-        }
-    }
-
-    fn deposit(&self) {
-        let before = self.tokens.fetch_add(self.per_call, Ordering::Relaxed);
-        if before + self.per_call > BUDGET_BURST * 1000 {
-            self.tokens
-                .fetch_min(BUDGET_BURST * 1000, Ordering::Relaxed);
-        }
-    }
-
-    fn withdraw(&self) -> bool {
-        self.tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t >= 1000).then_some(t - 1000)
-            })
-            .is_ok()
-    }
 }
 
 /// What calls A: the client, the replicas, what guards them and the metrics of the calls.
@@ -141,11 +76,7 @@ impl Caller {
             replicas,
             metrics,
             connect_timeout,
-            bulkhead: Bulkhead {
-                limit: max_inflight.max(1),
-                used: AtomicUsize::new(0),
-                gauge,
-            },
+            bulkhead: Bulkhead::new(max_inflight, gauge),
             budget: RetryBudget::new(retry_percent),
         }
     }
@@ -227,9 +158,19 @@ impl Caller {
         if fresh {
             return self.done(started, &replica, outcome, false, None);
         }
-        // Two replicas' answers to the same request judge each other: a wrong answer
-        // where the other answered well is the replica's; wrong answers from both say B
-        // asked wrongly, and count against neither.
+        self.judged(started, (first, failed, revisit), &replica, outcome)
+    }
+
+    /// Ends a call retried on another replica: the two answers to the same request judge
+    /// each other. A wrong answer where the other answered well is the replica's; wrong
+    /// answers from both say B asked wrongly, and count against neither.
+    fn judged(
+        &self,
+        started: Instant,
+        (first, failed, revisit): (&Replica, (Failure, Duration), bool),
+        replica: &Arc<Replica>,
+        outcome: Tried,
+    ) -> Call {
         let suspect = |f: &Failure| matches!(f.verdict, Verdict::Suspect(_));
         let first_suspect = suspect(&failed.0);
         let second_suspect = matches!(&outcome, Err((f, _)) if suspect(f));
@@ -240,7 +181,7 @@ impl Caller {
         };
         self.record(first, &Err(failed), revisit, evidence);
         let evidence = (first_suspect && second_suspect).then_some(false);
-        self.done(started, &replica, outcome, false, evidence)
+        self.done(started, replica, outcome, false, evidence)
     }
 
     /// The limits of a first try: alone, the whole deadline for every phase; among
@@ -394,36 +335,5 @@ impl Caller {
                 .map_err(|(failure, _)| failure.error),
             replica: Some(Arc::clone(replica)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_retry_budget_allows_its_share_and_a_burst() {
-        let budget = RetryBudget::new(20);
-        let burst = (0..100).take_while(|_| budget.withdraw()).count();
-        assert_eq!(burst, BUDGET_BURST as usize);
-        for _ in 0..50 {
-            budget.deposit();
-        }
-        let allowed = (0..100).take_while(|_| budget.withdraw()).count();
-        assert_eq!(allowed, 10, "20 % of 50 calls");
-        for _ in 0..10_000 {
-            budget.deposit();
-        }
-        assert_eq!(
-            (0..100).take_while(|_| budget.withdraw()).count(),
-            10,
-            "never above the burst"
-        );
-        let none = RetryBudget::new(0);
-        (0..10).for_each(|_| {
-            none.withdraw();
-        });
-        none.deposit();
-        assert!(!none.withdraw());
     }
 }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 /// The longest a probe waits for a whole answer.
 pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A probe readmits a replica only within this many times the median latency estimate of
-/// the replicas in rotation ...
-const FLEET_FACTOR: f64 = 5.0;
-/// ... and never less than this (a fast fleet's median is a fraction of a millisecond).
-const FLEET_FLOOR: Duration = Duration::from_millis(50);
+/// A probe readmits a replica only within this many times the fastest latency estimate of
+/// the replicas in rotation (what a first try among several may wait for its answer's head,
+/// see `call`) ...
+const FLEET_FACTOR: f64 = 10.0;
+/// ... and never less than this (a fast fleet's estimates are a fraction of a millisecond).
+const FLEET_FLOOR: Duration = Duration::from_millis(100);
 /// Probes running at once, at most; more wait for the upkeep's next look.
 pub(crate) const MAX_AT_ONCE: usize = 16;
 /// The most of an answer read: a status line and a few headers, `/ready`'s small body.
@@ -25,14 +26,15 @@ const MAX_ANSWER: usize = 4096;
 /// Probes running now.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
-/// How long a probe may take to count: as fast as the fleet (`median_ns`, the middle
-/// latency estimate of the other replicas in rotation, 0 when unknown), or at most
-/// [`PROBE_TIMEOUT`] when there is no fleet to compare with.
-pub(crate) fn limit_for(median_ns: f64) -> (Duration, bool) {
-    if median_ns <= 0.0 {
+/// How long a probe may take to count: as fast as the fleet (`fastest_ns`, the lowest
+/// latency estimate of the other replicas in rotation, 0 when unknown: the fastest, not the
+/// median, since a peak-EWMA takes a passing peak at once, and two replicas rarely peak
+/// together), or at most [`PROBE_TIMEOUT`] when there is no fleet to compare with.
+pub(crate) fn limit_for(fastest_ns: f64) -> (Duration, bool) {
+    if fastest_ns <= 0.0 {
         return (PROBE_TIMEOUT, false);
     }
-    let fleet = Duration::from_nanos((median_ns * FLEET_FACTOR) as u64);
+    let fleet = Duration::from_nanos((fastest_ns * FLEET_FACTOR) as u64);
     (fleet.max(FLEET_FLOOR).min(PROBE_TIMEOUT), true)
 }
 
@@ -134,8 +136,8 @@ mod tests {
             (PROBE_TIMEOUT, false),
             "no fleet to compare"
         );
-        assert_eq!(limit_for(1e6), (ms(50), true), "the floor");
-        assert_eq!(limit_for(20e6), (ms(100), true));
+        assert_eq!(limit_for(1e6), (ms(100), true), "the floor");
+        assert_eq!(limit_for(20e6), (ms(200), true));
         assert_eq!(
             limit_for(900e6),
             (PROBE_TIMEOUT, true),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::ewma::now_ns;
 use super::probe::{self, PROBE_TIMEOUT};
-use super::replica::median_estimate;
+use super::replica::{fastest_estimate, median_estimate};
 use super::replica::{Replica, DRAIN_CHECK_EVERY};
 use super::set::{Replicas, Wake};
 
@@ -122,14 +122,14 @@ fn start_probes(replicas: &Arc<Replicas>, set: &Arc<[Arc<Replica>]>) {
 /// replica then starts from that limit as its estimate, pessimistic until its calls show
 /// otherwise.
 fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
-    let median = median_estimate(set);
-    let (limit, judged) = probe::limit_for(median);
+    let (median, fastest) = (median_estimate(set), fastest_estimate(set));
+    let (limit, judged) = probe::limit_for(fastest);
     let failure = match probe::ready(replica.addr, &replica.ready_path, limit) {
         Ok((200, _)) => None,
         Ok((other, _)) => Some(format!("/ready answered {other}")),
         Err(e) if judged => Some(format!(
-            "/ready: {e}, as fast as the fleet answers (median {:.1}ms)",
-            median / 1e6
+            "/ready: {e}, as fast as the fleet answers (its fastest estimate {:.1}ms)",
+            fastest / 1e6
         )),
         Err(e) => Some(format!("/ready: {e}")),
     };

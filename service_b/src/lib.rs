@@ -78,6 +78,7 @@ impl ServiceB {
             max_cooldown: ms(config.breaker_max_cooldown_ms),
             max_ejected_percent: config.max_ejected_percent,
             slow_start: ms(config.slow_start_ms),
+            forget_departed: ms(config.forget_departed_ms),
         };
         let events: Arc<dyn balance::Events> = upstream.clone();
         let replicas = Arc::new(Replicas::new(targets, resolve, settings, events));

@@ -20,6 +20,11 @@
 #   6. a replica 300 ms slow: one more container of A's image with SERVICE_A_DELAY_MS=300
 #      under the network alias service-a; once B resolved it, load at 1 and at 12 clients:
 #      0 failed, p99 under 20 ms at both; its share of the calls reported (its own log).
+#  6b. a replica 300 ms slow on its network: a replica of A outside the alias behind
+#      tests/delay_proxy.py (every chunk forwarded 300 ms late), which runs in the network
+#      namespace of a container under the alias service-a (nsenter; needs root, else SKIP):
+#      it cannot refuse at once what it cannot finish in time, as --delay-ms can. Load at 1
+#      and at 12 clients: 0 failed, p99 under 20 ms at both, at most one readmission of it.
 #   7. `docker pause` of a replica for 20 s under load: 0 failed, at most 3 calls over 1 s.
 #   8. scale 3 -> 5 -> 2 under load (`up -d --scale service-a=N --no-recreate`): 0 failed is
 #      the goal; a miss with 503s of the contract only is B's behaviour (see docs/DEPLOY.md)
@@ -76,6 +81,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 export SERVICE_B_PUBLISH="127.0.0.1:$port"
 base="http://127.0.0.1:$port"
 load_pid=""
+proxy_pid=""
 passed=0
 failed=0
 figures=()
@@ -97,6 +103,7 @@ cleanup() {
   set +e
   trap - EXIT TERM INT
   if [ -n "$load_pid" ]; then touch "$tmp/stop"; kill "$load_pid" 2>/dev/null; fi
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null; fi
   if [ "$rc" != 0 ] || [ "$failed" != 0 ]; then
     echo "--- B's log (last 60 lines but the calls that went well and fast)"
     tail -n 60 "$tmp/b-events.log" 2>/dev/null || true
@@ -398,6 +405,51 @@ for n in 1 "$CLIENTS"; do
 done
 [ "$slow_ok" = 1 ] || b_lines "$t0" | grep -F "$slow_ip" | tail -n 20
 docker rm -f "$slow" >/dev/null
+
+echo "== 6b. a replica 300 ms slow on its network (a delaying proxy under the alias service-a)"
+if [ "$(id -u)" != 0 ] || ! command -v nsenter >/dev/null; then
+  echo "SKIP: 6b needs root and nsenter (the proxy runs in a container's network namespace)"
+else
+  t0=$(now)
+  hidden=$(docker run -d --label "echo-test=$project" --log-opt mode=non-blocking --network "$net" \
+    -e SERVICE_A_LISTEN=0.0.0.0:8080 "$image_a")
+  # Only its network namespace and its name are used: its own A listens on another port.
+  front=$(docker run -d --label "echo-test=$project" --log-opt mode=non-blocking --network "$net" \
+    --network-alias service-a -e SERVICE_A_LISTEN=0.0.0.0:9999 "$image_a")
+  nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$front")" -n python3 tests/delay_proxy.py \
+    --listen 0.0.0.0:8080 --upstream "$(ip_of "$hidden"):8080" --delay 0.3 >"$tmp/proxy.log" 2>&1 &
+  proxy_pid=$!
+  front_ip=$(ip_of "$front")
+  if t=$(wait_log_re 20 "$t0" "replicas now: .*$front_ip:8080"); then
+    echo "   $front_ip in B's replica set $(minus "$t" "$t0") s after docker run"
+  else
+    fail "B did not resolve the replica slow on its network, $front_ip, within 20 s"
+  fi
+  for n in 1 "$CLIENTS"; do
+    load_start "netslow$n" "$n"
+    sleep 20
+    load_stop
+    row "6b slow network" "$n" "300 ms on the network"
+    figure "replica 300 ms slow on its network, $n client(s): $(load_text)"
+    if [ "$bad" = 0 ] && [ "$viol" = 0 ] && at_most "$p99" 19.999; then
+      pass "replica 300 ms slow on its network, $n client(s): 0 failed, p99 $p99 ms (under 20 ms)"
+    else
+      fail "replica 300 ms slow on its network, $n client(s): $bad failed, $viol violations, p99 $p99 ms (goal: 0 failed, p99 under 20 ms)"
+    fi
+  done
+  readmitted=$(b_lines "$t0" | grep -cF "replica $front_ip:8080 readmitted" || true)
+  figure "replica 300 ms slow on its network: readmitted $readmitted times in 40 s"
+  if [ "$readmitted" -le 1 ]; then
+    pass "replica 300 ms slow on its network: readmitted $readmitted times while slow (at most 1)"
+  else
+    fail "replica 300 ms slow on its network: readmitted $readmitted times while slow (at most 1)"
+    b_lines "$t0" | grep -F "$front_ip" | tail -n 20
+  fi
+  kill "$proxy_pid" 2>/dev/null
+  wait "$proxy_pid" 2>/dev/null || true
+  proxy_pid=""
+  docker rm -f "$front" "$hidden" >/dev/null
+fi
 
 echo "== 7. docker pause of one replica for 20 s under load ($CLIENTS clients)"
 victim=${as[2]}

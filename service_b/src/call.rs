@@ -6,19 +6,21 @@
 //! replica's breaker and latency estimate; a refused connect or no usable replica asks for a
 //! re-resolution at once.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
 use crate::balance::DRAIN_CHECK_EVERY;
 use crate::balance::{choose, fastest_estimate, Chosen, Events, Replica, Replicas};
-use crate::error::{CallError, Failure, Verdict};
+use crate::error::{CallError, Failure, Retry, Verdict};
 use crate::metrics::Upstream;
 use crate::upstream::{Answer, EchoClient, Forward, Limits};
 use crate::window::{outcome_index, CallStats};
+
+mod guards;
+
+use guards::{Bulkhead, RetryBudget};
 
 /// A first try among several replicas waits at most this many times the fastest replica's
 /// estimate for the head of the answer (at least [`PER_TRY_FLOOR`], at most half the
@@ -30,9 +32,14 @@ const PER_TRY_FLOOR: Duration = Duration::from_millis(100);
 /// still slow.
 const REVISIT_FACTOR: f64 = 4.0;
 const REVISIT_FLOOR: Duration = Duration::from_millis(20);
-/// The retry budget holds at most this many retries (and starts full): a burst beyond the
-/// budget's share, for a fleet with little traffic.
-const BUDGET_BURST: i64 = 10;
+/// A replica's wrong answer (a 4xx, a false echo) counts against it when another replica
+/// answered well within this long: then B did not ask wrongly.
+const PEERS_ANSWERED_WITHIN: Duration = Duration::from_secs(10);
+/// A wrong answer to a request that another replica then answered well counts as this many
+/// failed calls for the breaker: the surest sign B gets, and one such replica, passed over
+/// by the choice after its first, is otherwise tried only every 250 ms (a revisit), so
+/// five in a row would take over a second.
+const PROVEN_WRONG_WEIGHT: u32 = 2;
 
 /// One attempt's outcome and how long it took.
 type Tried = Result<(Answer, Duration), (Failure, Duration)>;
@@ -41,70 +48,6 @@ type Tried = Result<(Answer, Duration), (Failure, Duration)>;
 pub(crate) struct Call {
     pub(crate) result: Result<Value, CallError>,
     pub(crate) replica: Option<Arc<Replica>>,
-}
-
-/// At most `limit` calls to A at once; a slot is held for the whole call.
-#[derive(Debug)]
-struct Bulkhead {
-    limit: usize,
-    used: AtomicUsize,
-    gauge: Gauge,
-}
-
-/// One slot of the bulkhead, given back on drop.
-struct Slot<'a>(&'a Bulkhead);
-
-impl Bulkhead {
-    fn try_enter(&self) -> Option<Slot<'_>> {
-        let before = self.used.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(self);
-        if before >= self.limit {
-            return None; // dropping `slot` gives the count back
-        }
-        self.gauge.set((before + 1) as i64);
-        Some(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let now = self.0.used.fetch_sub(1, Ordering::SeqCst) - 1;
-        self.0.gauge.set(now.min(self.0.limit) as i64);
-    }
-}
-
-/// Retries at most a share of the calls (Linkerd's and Envoy's retry budgets): each call
-/// adds its share of a retry, a retry takes a whole one, and at most [`BUDGET_BURST`] are
-/// kept, so a failing fleet is never sent twice its load. In thousandths, one atomic.
-#[derive(Debug)]
-struct RetryBudget {
-    per_call: i64,
-    tokens: AtomicI64,
-}
-
-impl RetryBudget {
-    fn new(percent: u32) -> RetryBudget {
-        RetryBudget {
-            per_call: i64::from(percent) * 10,
-            tokens: AtomicI64::new(BUDGET_BURST * 1000),
-        }
-    }
-
-    fn deposit(&self) {
-        let before = self.tokens.fetch_add(self.per_call, Ordering::Relaxed);
-        if before + self.per_call > BUDGET_BURST * 1000 {
-            self.tokens
-                .fetch_min(BUDGET_BURST * 1000, Ordering::Relaxed);
-        }
-    }
-
-    fn withdraw(&self) -> bool {
-        self.tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t >= 1000).then_some(t - 1000)
-            })
-            .is_ok()
-    }
 }
 
 /// What calls A: the client, the replicas, what guards them and the metrics of the calls.
@@ -136,11 +79,7 @@ impl Caller {
             replicas,
             metrics,
             connect_timeout,
-            bulkhead: Bulkhead {
-                limit: max_inflight.max(1),
-                used: AtomicUsize::new(0),
-                gauge,
-            },
+            bulkhead: Bulkhead::new(max_inflight, gauge),
             budget: RetryBudget::new(retry_percent),
             stats: CallStats::default(),
         }
@@ -148,27 +87,36 @@ impl Caller {
 
     /// The bulkhead: its limit and the calls in it now.
     pub(crate) fn bulkhead(&self) -> (usize, usize) {
-        let used = self.bulkhead.used.load(Ordering::Relaxed);
-        (self.bulkhead.limit, used.min(self.bulkhead.limit))
+        self.bulkhead.now()
     }
 
     /// The retry budget: its percent of the calls, and the retries it allows now.
     pub(crate) fn retry_budget(&self) -> (u32, f64) {
-        let tokens = self.budget.tokens.load(Ordering::Relaxed).max(0);
-        ((self.budget.per_call / 10) as u32, tokens as f64 / 1000.0)
+        self.budget.now()
     }
 
-    /// Calls A's `path` (`/echo?msg=…`) with the forwarded headers.
-    pub(crate) fn call(&self, path: &str, forward: Forward<'_>) -> Call {
+    /// Calls A's `path` (`/echo?msg=…`, the echo of `msg` expected) with the forwarded
+    /// headers, within `deadline` (at most `--timeout-ms`; a client's own
+    /// `X-Request-Timeout-Ms` may shorten it).
+    pub(crate) fn call(
+        &self,
+        msg: &str,
+        path: &str,
+        deadline: Duration,
+        forward: Forward<'_>,
+    ) -> Call {
         let never_made = |e| Call {
             result: Err(e),
             replica: None,
         };
+        let timeout = deadline.min(self.client.timeout());
+        if timeout.is_zero() {
+            return never_made(CallError::Timeout(timeout)); // no time at all: A not called
+        }
         let Some(_slot) = self.bulkhead.try_enter() else {
             return never_made(CallError::Overloaded(self.bulkhead.limit));
         };
         let started = Instant::now();
-        let timeout = self.client.timeout();
         let set = self.replicas.snapshot();
         let Some((first, chosen)) = choose(&set, None, true) else {
             self.replicas.resolve_soon("no_replica");
@@ -176,14 +124,15 @@ impl Caller {
         };
         self.budget.deposit();
         let limits = self.first_limits(&set, chosen, timeout);
-        let outcome = self.attempt(first, path, limits, forward);
+        let attempt = |replica: &Replica, limits| self.attempt(replica, msg, path, limits, forward);
+        let outcome = attempt(first, limits);
         let revisit = chosen == Chosen::Revisit;
         if revisit {
             self.metrics.probed(first.addr, "latency", outcome.is_ok());
         }
         let failed = match outcome {
-            Err(failed) if failed.0.retryable => failed,
-            outcome => return self.done(started, first, outcome, revisit),
+            Err(failed) if failed.0.retry != Retry::No => failed,
+            outcome => return self.done(started, first, outcome, revisit, None),
         };
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
@@ -192,36 +141,63 @@ impl Caller {
                 error: CallError::Timeout(timeout),
                 ..failure
             };
-            return self.done(started, first, Err((timed_out, took)), revisit);
+            return self.done(started, first, Err((timed_out, took)), revisit, None);
         }
         if !self.budget.withdraw() {
             self.metrics.retries_denied.inc();
             self.stats.retry(false);
             log::debug!(target: "service_b", "not retried (the retry budget is spent): {} request_id={}", failed.0.error, forward.request_id);
-            return self.done(started, first, Err(failed), revisit);
+            return self.done(started, first, Err(failed), revisit, None);
         }
-        // From the view now: another usable replica, else the same on a fresh connection
-        // (a pooled connection may have died while idle), where the call counts once.
+        // From the view now: another usable replica, else (when nothing of the answer
+        // arrived) the same on a fresh connection (a pooled connection may have died while
+        // idle), where the call counts once.
         let now = self.replicas.snapshot();
         let (replica, fresh) = match choose(&now, Some(first.addr), false) {
-            Some((second, _)) => {
-                self.record(first, &Err(failed), revisit);
-                (Arc::clone(second), false)
+            Some((second, _)) => (Arc::clone(second), false),
+            None if failed.0.retry == Retry::Anywhere && !first.departed() => {
+                (Arc::clone(first), true)
             }
-            None if !first.departed() => (Arc::clone(first), true),
-            None => return self.done(started, first, Err(failed), revisit),
+            None => return self.done(started, first, Err(failed), revisit, None),
         };
         self.metrics.retries.inc();
         self.stats.retry(true);
         log::debug!(target: "service_b", "retrying on replica {} after {} failed request_id={}", replica.addr, first.addr, forward.request_id);
         let limits = Limits {
+            deadline: timeout,
             left,
             connect: Some(self.connect_timeout.min(left)),
             head: None,
             fresh,
         };
-        let outcome = self.attempt(&replica, path, limits, forward);
-        self.done(started, &replica, outcome, false)
+        let outcome = attempt(&replica, limits);
+        if fresh {
+            return self.done(started, &replica, outcome, false, None);
+        }
+        self.judged(started, (first, failed, revisit), &replica, outcome)
+    }
+
+    /// Ends a call retried on another replica: the two answers to the same request judge
+    /// each other. A wrong answer where the other answered well is the replica's; wrong
+    /// answers from both say B asked wrongly, and count against neither.
+    fn judged(
+        &self,
+        started: Instant,
+        (first, failed, revisit): (&Replica, (Failure, Duration), bool),
+        replica: &Arc<Replica>,
+        outcome: Tried,
+    ) -> Call {
+        let suspect = |f: &Failure| matches!(f.verdict, Verdict::Suspect(_));
+        let first_suspect = suspect(&failed.0);
+        let second_suspect = matches!(&outcome, Err((f, _)) if suspect(f));
+        let evidence = match &outcome {
+            Ok(_) => Some(true),
+            Err(_) if second_suspect => Some(false),
+            Err(_) => None,
+        };
+        self.record(first, &Err(failed), revisit, evidence);
+        let evidence = (first_suspect && second_suspect).then_some(false);
+        self.done(started, replica, outcome, false, evidence)
     }
 
     /// The limits of a first try: alone, the whole deadline for every phase; among
@@ -236,6 +212,7 @@ impl Caller {
         let head = match chosen {
             Chosen::Only => {
                 return Limits {
+                    deadline: timeout,
                     left: timeout,
                     connect: None,
                     head: None,
@@ -249,6 +226,7 @@ impl Caller {
                 .min(per_try),
         };
         Limits {
+            deadline: timeout,
             left: timeout,
             connect: Some(self.connect_timeout.min(head.max(REVISIT_FLOOR))),
             head: Some(head),
@@ -260,6 +238,7 @@ impl Caller {
     fn attempt(
         &self,
         replica: &Replica,
+        msg: &str,
         path: &str,
         limits: Limits,
         forward: Forward<'_>,
@@ -268,14 +247,17 @@ impl Caller {
         let started = Instant::now();
         let url = format!("{}{path}", replica.base);
         self.client
-            .attempt(&url, limits, forward)
+            .attempt(&url, msg, limits, forward)
             .map(|answer| (answer, started.elapsed()))
             .map_err(|failure| (failure, started.elapsed()))
     }
 
     /// What an attempt teaches about its replica: its breaker and latency estimate, and a
-    /// re-resolution when its connect was refused.
-    fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool) {
+    /// re-resolution when its connect was refused. A wrong answer ([`Verdict::Suspect`])
+    /// counts against it when `evidence` says another replica answered the same call well
+    /// (`Some(false)`: it answered wrongly too), or, without evidence, when another replica
+    /// answered well lately.
+    fn record(&self, replica: &Replica, outcome: &Tried, revisit: bool, evidence: Option<bool>) {
         let kind = outcome
             .as_ref()
             .map_or_else(|(f, _)| f.error.kind(), |_| "ok");
@@ -284,35 +266,73 @@ impl Caller {
         let (failure, took) = match outcome {
             Ok((answer, took)) => {
                 replica.breaker.succeeded();
-                if answer.closing && replica.start_draining(DRAIN_CHECK_EVERY) {
-                    log::info!(target: "service_b", "replica {} is draining (it closed the connection of its answer): no new calls while others can take them, until its /ready says 200", replica.addr);
-                    self.metrics.drained(replica.addr);
+                replica.answered_well();
+                // Perhaps a notice that it drains, perhaps its habit (keep-alive off): its
+                // /ready tells, asked by the upkeep at once.
+                if answer.closing && replica.closed_connection(DRAIN_CHECK_EVERY) {
                     self.replicas.wake_upkeep();
                 }
                 return replica.load.observe(*took, revisit);
             }
             Err((failure, took)) => (failure, *took),
         };
-        match failure.verdict {
+        let verdict = match (&failure.error, failure.verdict) {
+            // The client's own deadline, shorter than B's, passed: the replica is at least
+            // that slow, not failing.
+            (CallError::Timeout(d), Verdict::Failing) if *d < self.client.timeout() => {
+                Verdict::Slower(took)
+            }
+            (_, verdict) => verdict,
+        };
+        match verdict {
             Verdict::BsOwn => {}
-            Verdict::NotItsFault => replica.breaker.succeeded(),
             Verdict::Slower(at_least) => replica.load.observe(took.max(at_least), revisit),
-            Verdict::Failing => {
-                let penalty = took.max(self.client.timeout() / 2);
-                replica.load.observe(penalty, revisit);
-                let set = self.replicas.snapshot();
-                let cause = failure.error.to_string();
-                if replica
-                    .breaker
-                    .failed(cause, || self.replicas.may_eject(&set))
-                {
-                    self.metrics.ejected(replica.addr);
-                    self.replicas.wake_upkeep();
-                }
+            Verdict::Suspect(_)
+                if !evidence.unwrap_or_else(|| self.peers_answered(replica.addr)) =>
+            {
+                replica.breaker.succeeded(); // B asked wrongly: it answered what all answer
+            }
+            Verdict::Failing | Verdict::Suspect(_) => {
+                let proven =
+                    evidence == Some(true) && matches!(failure.verdict, Verdict::Suspect(_));
+                let weight = if proven { PROVEN_WRONG_WEIGHT } else { 1 };
+                self.failing(replica, failure, took, revisit, weight);
             }
         }
         if failure.refused {
             self.replicas.resolve_soon("refused");
+        }
+    }
+
+    /// Whether a replica other than `except` answered a call well lately.
+    fn peers_answered(&self, except: std::net::SocketAddr) -> bool {
+        let set = self.replicas.snapshot();
+        set.iter()
+            .any(|r| r.addr != except && r.answered_within(PEERS_ANSWERED_WITHIN))
+    }
+
+    /// A failed call of `replica`: its estimate takes a penalty, its breaker counts it (a
+    /// 429's `Retry-After` ejects it at once for that long).
+    fn failing(
+        &self,
+        replica: &Replica,
+        failure: &Failure,
+        took: Duration,
+        revisit: bool,
+        weight: u32,
+    ) {
+        let penalty = took.max(self.client.timeout() / 2);
+        replica.load.observe(penalty, revisit);
+        let set = self.replicas.snapshot();
+        let cause = failure.error.to_string();
+        let may_eject = || self.replicas.may_eject(&set);
+        let ejected = match failure.verdict {
+            Verdict::Suspect(Some(wait)) => replica.breaker.hold(cause, wait, may_eject),
+            _ => replica.breaker.failed_as(weight, cause, may_eject),
+        };
+        if ejected {
+            self.metrics.ejected(replica.addr);
+            self.replicas.wake_upkeep();
         }
     }
 
@@ -323,8 +343,9 @@ impl Caller {
         replica: &Arc<Replica>,
         outcome: Tried,
         revisit: bool,
+        evidence: Option<bool>,
     ) -> Call {
-        self.record(replica, &outcome, revisit);
+        self.record(replica, &outcome, revisit, evidence);
         self.metrics
             .duration
             .0
@@ -335,36 +356,5 @@ impl Caller {
                 .map_err(|(failure, _)| failure.error),
             replica: Some(Arc::clone(replica)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_retry_budget_allows_its_share_and_a_burst() {
-        let budget = RetryBudget::new(20);
-        let burst = (0..100).take_while(|_| budget.withdraw()).count();
-        assert_eq!(burst, BUDGET_BURST as usize);
-        for _ in 0..50 {
-            budget.deposit();
-        }
-        let allowed = (0..100).take_while(|_| budget.withdraw()).count();
-        assert_eq!(allowed, 10, "20 % of 50 calls");
-        for _ in 0..10_000 {
-            budget.deposit();
-        }
-        assert_eq!(
-            (0..100).take_while(|_| budget.withdraw()).count(),
-            10,
-            "never above the burst"
-        );
-        let none = RetryBudget::new(0);
-        (0..10).for_each(|_| {
-            none.withdraw();
-        });
-        none.deposit();
-        assert!(!none.withdraw());
     }
 }

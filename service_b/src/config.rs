@@ -38,6 +38,10 @@ pub struct Config {
     /// A replica that joins (or is readmitted) gets a share of the calls growing from 10 %
     /// to its full share over this long. Default 5000.
     pub slow_start_ms: u64,
+    /// How long B keeps what it knows of a replica that left its name's addresses: its
+    /// breaker (one that returns within it is still ejected if it was) and its labels in
+    /// `/metrics`, removed after it. Default 600000 (10 minutes).
+    pub forget_departed_ms: u64,
     /// Retries at most this share of the calls, in percent (plus a burst of 10). Default 20.
     pub retry_budget_percent: u32,
     /// On SIGTERM or SIGHUP, how long to keep serving, with `/ready` answering 503 and every
@@ -75,6 +79,7 @@ impl Default for Config {
             breaker_max_cooldown_ms: 30_000,
             max_ejected_percent: 50,
             slow_start_ms: 5000,
+            forget_departed_ms: 600_000,
             retry_budget_percent: 20,
             drain_ms: 5000,
             dashboard: true,

@@ -83,6 +83,7 @@ impl ServiceB {
             max_cooldown: ms(config.breaker_max_cooldown_ms),
             max_ejected_percent: config.max_ejected_percent,
             slow_start: ms(config.slow_start_ms),
+            forget_departed: ms(config.forget_departed_ms),
         };
         let events: Arc<dyn balance::Events> = upstream.clone();
         let replicas = Arc::new(Replicas::new(targets, resolve, settings, events));
@@ -147,20 +148,20 @@ impl ServiceB {
             tracestate: req.trace.state.as_deref(),
         };
         let started = Instant::now();
-        let Call { result, replica } = req.blocking(|| self.caller.call(&path, forward));
+        // The client's own deadline, when shorter (the contract's stays the longest).
+        let deadline = req.budget.map_or(self.caller.client.timeout(), |b| {
+            b.min(self.caller.client.timeout())
+        });
+        let Call { result, replica } =
+            req.blocking(|| self.caller.call(&msg, &path, deadline, forward));
         let replica_name = replica
             .as_ref()
             .map_or("none".to_string(), |r| r.addr.to_string());
         let base = replica
             .as_ref()
             .map_or(self.first_url.as_str(), |r| r.base.as_str());
-        self.log_call(
-            req,
-            &format!("{base}{path}"),
-            &replica_name,
-            &result,
-            started,
-        );
+        let url = format!("{base}{path}");
+        self.log_call(req, (&url, deadline), &replica_name, &result, started);
         let outcome = result.as_ref().map_or_else(CallError::kind, |_| "ok");
         let failed = result
             .as_ref()
@@ -188,12 +189,12 @@ impl ServiceB {
     fn log_call(
         &self,
         req: &Request,
-        url: &str,
+        (url, deadline): (&str, Duration),
         replica: &str,
         result: &Result<serde_json::Value, CallError>,
         started: Instant,
     ) {
-        let timeout_ms = self.caller.client.timeout().as_millis() as u64;
+        let timeout_ms = deadline.as_millis() as u64;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let (id, trace, span) = (&req.request_id, &req.trace.trace_id, &req.trace.span_id);
         match result {

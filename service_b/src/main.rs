@@ -72,6 +72,11 @@ struct Cli {
     #[arg(long, env = "SERVICE_B_SLOW_START_MS", default_value_t = Config::default().slow_start_ms,
           value_parser = bounded!(0, 600_000))]
     slow_start_ms: u64,
+    /// How long B keeps what it knows of a replica that left its name's addresses: its
+    /// breaker, for a return, and its labels in /metrics (1 to 86400000).
+    #[arg(long, env = "SERVICE_B_FORGET_DEPARTED_MS", default_value_t = Config::default().forget_departed_ms,
+          value_parser = bounded!(1, 86_400_000))]
+    forget_departed_ms: u64,
     /// Retries at most this share of the calls, in percent, plus a burst of 10 (0 to 100).
     #[arg(long, env = "SERVICE_B_RETRY_BUDGET_PERCENT", default_value_t = Config::default().retry_budget_percent,
           value_parser = clap::value_parser!(u32).range(0..=100))]
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
         breaker_max_cooldown_ms: cli.breaker_max_cooldown_ms,
         max_ejected_percent: cli.max_ejected_percent,
         slow_start_ms: cli.slow_start_ms,
+        forget_departed_ms: cli.forget_departed_ms,
         retry_budget_percent: cli.retry_budget_percent,
         drain_ms: cli.drain_ms,
         dashboard: cli.dashboard,

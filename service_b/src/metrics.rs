@@ -30,6 +30,17 @@ pub(crate) struct Outcome {
     pub(crate) outcome: &'static str,
 }
 
+/// Every `outcome` of `upstream_requests_total`: `ok` or a 503 `kind`.
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "connect",
+    "timeout",
+    "status",
+    "bad_response",
+    "overloaded",
+    "circuit_open",
+];
+
 /// Labels of the per-replica counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReplicaLabel {
@@ -118,7 +129,7 @@ impl Upstream {
         );
         registry.register(
             "upstream_drains",
-            "Replicas of Service A seen draining (an answer with Connection: close): avoided until their /ready says 200",
+            "Replicas of Service A seen draining (an answer with Connection: close, then /ready 503): avoided until their /ready says 200",
             self.drains.clone(),
         );
         registry.register(
@@ -134,18 +145,17 @@ impl Upstream {
         registry.register_collector(Box::new(PerReplica(Arc::downgrade(replicas))));
         registry.register_collector(Box::new(Idle(Arc::downgrade(pool))));
     }
+}
 
-    /// Counts one replica seen starting to drain.
-    pub(crate) fn drained(&self, replica: SocketAddr) {
+impl Events for Upstream {
+    fn drained(&self, replica: SocketAddr) {
         self.drains
             .get_or_create(&ReplicaLabel {
                 replica: replica.to_string(),
             })
             .inc();
     }
-}
 
-impl Events for Upstream {
     fn ejected(&self, replica: SocketAddr) {
         self.ejections
             .get_or_create(&ReplicaLabel {
@@ -163,6 +173,31 @@ impl Events for Upstream {
                 result,
             })
             .inc();
+    }
+
+    fn forgotten(&self, replica: SocketAddr) {
+        let replica = replica.to_string();
+        let label = ReplicaLabel {
+            replica: replica.clone(),
+        };
+        self.ejections.remove(&label);
+        self.drains.remove(&label);
+        for outcome in OUTCOMES {
+            self.outcomes.remove(&Outcome {
+                replica: replica.clone(),
+                outcome,
+            });
+        }
+        for kind in ["health", "drain", "latency"] {
+            for result in ["ok", "failed"] {
+                self.probes.remove(&ProbeLabels {
+                    replica: replica.clone(),
+                    kind,
+                    result,
+                });
+            }
+        }
+        log::info!(target: "service_b", "replica {replica} forgotten: it left long ago; its labels are gone from /metrics");
     }
 
     fn resolved(&self, why: &'static str) {
@@ -242,4 +277,31 @@ fn gauge<N: EncodeGaugeValue>(
         ConstGauge::new(read(replica)).encode(family.encode_family(&label)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OUTCOMES;
+    use crate::error::CallError;
+    use std::time::Duration;
+
+    #[test]
+    fn every_kind_is_an_outcome_whose_labels_a_departure_removes() {
+        let ms = Duration::from_millis;
+        let kinds = [
+            CallError::Connect(String::new()),
+            CallError::Timeout(ms(1)),
+            CallError::RefusedForTime {
+                told: ms(1),
+                deadline: ms(1),
+            },
+            CallError::Status(500),
+            CallError::BadResponse(String::new()),
+            CallError::Overloaded(1),
+        ];
+        for e in &kinds {
+            assert!(OUTCOMES.contains(&e.kind()), "{}", e.kind());
+        }
+        assert!(OUTCOMES.contains(&"circuit_open") && OUTCOMES.contains(&"ok"));
+    }
 }

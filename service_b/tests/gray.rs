@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echo_core::ServerHandle;
-use echo_tests::{get, read_reply, Behaviour, FakeA};
+use echo_tests::{get, read_reply, Behaviour, DelayProxy, FakeA};
 use service_b::{spawn, spawn_with_resolver, Config, Resolve};
 
 /// The tests here measure shares of calls and latencies on two CPUs: each runs alone, so
@@ -441,4 +441,188 @@ fn a_replica_that_joins_starts_slowly() {
     );
     assert!(early_share < 0.2, "{early_share}");
     assert!(late_share > 0.2, "a third expected: {late_share}");
+}
+
+/// A whole answer of `status` with `extra` header lines and a JSON `body`, then a close.
+fn raw(status: u16, extra: &str, body: &str) -> Behaviour {
+    Behaviour::Raw(format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// One replica of three answers at once what no healthy A answers to B's request: a 4xx
+/// (version skew, another service on the port, a rate limiter) or a false echo with extra
+/// keys. While the others answer 200 it is a failing replica: each of its answers is retried
+/// elsewhere, it is ejected within a second, and no client gets its answer as a 200. Before,
+/// a 4xx replica kept its full share (27-29 % of the calls failed, no ejection) and a lying
+/// one passed its echo on as a 200.
+#[test]
+fn a_replica_answering_4xx_or_a_false_echo_costs_few_calls_and_is_ejected() {
+    let _alone = alone();
+    let good = [a_on("127.0.0.2", |_| {}), a_on("127.0.0.3", |_| {})];
+    let lie = r#"{"echo":"WRONG","injected":{"x":1}}"#;
+    let cases = [
+        ("404", raw(404, "", r#"{"error":"Not found"}"#)),
+        ("400", raw(400, "", r#"{"error":"bad"}"#)),
+        ("429 Retry-After: 5", raw(429, "Retry-After: 5\r\n", "{}")),
+        ("429", raw(429, "", "{}")),
+        ("a false echo", raw(200, "", lie)),
+    ];
+    for (name, behaviour) in cases {
+        let bad = FakeA::start(behaviour);
+        let b = b_over(&[good[0].url(), good[1].url(), bad.url()], |_| {});
+        let addr = b.addr();
+        let started = Instant::now();
+        let calls = thread::spawn(move || load(addr, 8, Duration::from_secs(2)));
+        let ejections = format!(r#"upstream_ejections_total{{replica="{}"}}"#, bad.addr);
+        let mut ejected_after = None;
+        while ejected_after.is_none() && started.elapsed() < Duration::from_secs(2) {
+            if metric(addr, &ejections) > 0 {
+                ejected_after = Some(started.elapsed());
+            }
+            thread::sleep(Duration::from_millis(5)); // the pace of the polling
+        }
+        let seen = calls.join().expect("load");
+        let false_200 = seen.wrong.iter().filter(|w| w.starts_with("200")).count();
+        println!(
+            "{name}: {} calls, {} failed, ejected after {ejected_after:?}, it got {}",
+            seen.took.len(),
+            seen.wrong.len(),
+            bad.requests().len()
+        );
+        assert_eq!(
+            false_200,
+            0,
+            "{name}: {:?}",
+            &seen.wrong[..seen.wrong.len().min(3)]
+        );
+        assert!(
+            seen.wrong.len() <= 10,
+            "{name}: {} failed: {:?}",
+            seen.wrong.len(),
+            &seen.wrong[..seen.wrong.len().min(5)]
+        );
+        assert!(
+            ejected_after.is_some_and(|t| t < Duration::from_secs(1)),
+            "{name}: ejected after {ejected_after:?}"
+        );
+    }
+}
+
+/// When every replica answers a 4xx or a false echo, B asked wrongly (or all are broken
+/// alike): the client gets the `status` or `bad_response` it got before, and no replica
+/// is ejected for it.
+#[test]
+fn a_wrong_answer_from_every_replica_ejects_none() {
+    let _alone = alone();
+    for (kind, behaviour) in [
+        ("status", raw(404, "", r#"{"error":"Not found"}"#)),
+        ("bad_response", raw(200, "", r#"{"echo":"WRONG"}"#)),
+    ] {
+        let fakes = [FakeA::start(behaviour.clone()), FakeA::start(behaviour)];
+        let b = b_over(&[fakes[0].url(), fakes[1].url()], |c| {
+            c.breaker_threshold = 2
+        });
+        for i in 0..20 {
+            let r = get(b.addr(), &format!("/call-echo?msg=m{i}"));
+            assert_eq!((r.status, r.json()["kind"].as_str()), (503, Some(kind)));
+        }
+        let text = String::from_utf8_lossy(&get(b.addr(), "/metrics").body).into_owned();
+        for fake in &fakes {
+            let closed = format!(r#"circuit_breaker_state{{replica="{}"}} 0"#, fake.addr);
+            assert!(text.contains(&closed), "{kind}: {text}");
+        }
+    }
+}
+
+/// One replica of three is 300 ms slow on its network (a proxy delays every chunk; it cannot
+/// refuse work it cannot finish in time, as `--delay-ms` can). Its probes answer 200 but
+/// far slower than the fleet, so it is not readmitted while it stays slow, and the
+/// clients barely notice it. Before, a probe answering within 1 s readmitted it: it was
+/// ejected and readmitted again and again (here with short cooldowns, 500 ms up to 1 s).
+#[test]
+fn a_replica_slow_on_its_network_is_not_readmitted_while_slow() {
+    let _alone = alone();
+    let fast = [a_on("127.0.0.2", |_| {}), a_on("127.0.0.3", |_| {})];
+    let behind = a_on("127.0.0.4", |_| {});
+    let slow = DelayProxy::start("127.0.0.5", behind.addr(), Duration::from_millis(300));
+    let b = b_over(&[fast[0].url(), fast[1].url(), slow.url()], |c| {
+        c.breaker_cooldown_ms = 500;
+        c.breaker_max_cooldown_ms = 1000;
+    });
+    for clients in [1, 12] {
+        let seen = load(b.addr(), clients, Duration::from_secs(4));
+        // The p99 is shown, not asserted (the goal, under 20 ms, is the benchmark's: on a
+        // shared machine a test's latencies are its neighbours'); calls that waited for the
+        // slow replica's answer are counted.
+        let (over, paid) = (
+            seen.over(Duration::from_millis(20)),
+            seen.over(Duration::from_millis(250)),
+        );
+        println!(
+            "{clients} client(s): {} calls, p99 {:?}, {over} over 20 ms, {paid} over 250 ms",
+            seen.took.len(),
+            seen.p99()
+        );
+        assert!(
+            seen.wrong.is_empty(),
+            "{:?}",
+            &seen.wrong[..seen.wrong.len().min(5)]
+        );
+        assert!(
+            paid * 100 < seen.took.len(),
+            "{paid} of {} calls paid the slow replica",
+            seen.took.len()
+        );
+    }
+    let readmitted = format!(
+        r#"upstream_probes_total{{replica="{}",kind="health",result="ok"}}"#,
+        slow.addr
+    );
+    let probed = format!(
+        r#"upstream_probes_total{{replica="{}",kind="health",result="failed"}}"#,
+        slow.addr
+    );
+    let (readmissions, refused) = (metric(b.addr(), &readmitted), metric(b.addr(), &probed));
+    println!("the slow replica: {readmissions} readmissions, {refused} probes too slow");
+    assert!(
+        readmissions <= 1,
+        "readmitted {readmissions} times while slow"
+    );
+    assert!(refused > 0, "never probed");
+}
+
+/// A healthy replica that closes every connection after its answer (keep-alive off, legal
+/// HTTP/1.1) keeps its share: its `/ready` says 200, so it is not draining. Before, the
+/// first answer with `Connection: close` marked it draining, and again after each `/ready`.
+#[test]
+fn a_replica_with_keep_alive_off_is_not_taken_for_draining() {
+    let _alone = alone();
+    let a = a_on("127.0.0.2", |_| {});
+    let closing = FakeA::start(Behaviour::EchoClosing);
+    let b = b_over(&[a.url(), closing.url()], |_| {});
+    let seen = load(b.addr(), 4, Duration::from_secs(2));
+    assert!(
+        seen.wrong.is_empty(),
+        "{:?}",
+        &seen.wrong[..seen.wrong.len().min(5)]
+    );
+    let echoes = closing
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /echo"))
+        .count();
+    let drains = format!(r#"upstream_drains_total{{replica="{}"}}"#, closing.addr);
+    let share = echoes as f64 / seen.took.len().max(1) as f64;
+    println!(
+        "{} calls, {:.0} % to the closing replica, {} drains",
+        seen.took.len(),
+        share * 100.0,
+        metric(b.addr(), &drains)
+    );
+    assert_eq!(metric(b.addr(), &drains), 0, "taken for draining");
+    // A new connection per call makes it the slower of the two, so its share is smaller
+    // than half; taken for draining, it got almost none (a call per /ready check).
+    assert!(share > 0.02, "it got {:.1} % of the calls", share * 100.0);
 }

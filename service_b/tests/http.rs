@@ -89,7 +89,12 @@ fn request_id_reaches_a() {
     let generated = get_with(b.addr(), "/call-echo?msg=hi", "X-Request-Id: bad id!\r\n");
     let id = generated.header("X-Request-Id").unwrap_or("").to_string();
     assert_eq!(id.len(), 16);
-    let seen = fake.requests();
+    // B's own look at the fake's /ready (its answers close their connections) aside.
+    let seen: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET /ready "))
+        .collect();
     assert!(
         seen[0]
             .to_ascii_lowercase()
@@ -283,4 +288,65 @@ fn any_string_round_trips_byte_exact() {
             "{s:?}"
         );
     }
+}
+
+/// The value of `X-Request-Timeout-Ms` in a request head the fake received.
+fn told(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-timeout-ms")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// A client's own shorter deadline (`X-Request-Timeout-Ms`) is B's deadline for its call: a
+/// silent A costs it that long, not B's 2 s, A is told no more, and the replica is not
+/// counted as failing for the client's impatience. A longer one changes nothing: the
+/// contract's deadline stays the longest. None at all: a timeout at once, A not called.
+/// Before, B ignored the client's deadline (the call took 2 s).
+#[test]
+fn a_client_s_shorter_deadline_is_honoured() {
+    let fake = FakeA::start(Behaviour::Silent);
+    let mut config = Config::on("127.0.0.1:0", &fake.url());
+    config.breaker_threshold = 1;
+    let b = spawn(config).expect("start service_b");
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = get_with(
+            b.addr(),
+            "/call-echo?msg=x",
+            "X-Request-Timeout-Ms: 200\r\n",
+        );
+        let took = started.elapsed();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.json()["kind"], "timeout", "{}", r.json());
+        assert_eq!(r.json()["details"], "Timeout calling Service A after 0.2s");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    let heads = fake.requests();
+    assert_eq!(
+        heads.len(),
+        2,
+        "not ejected for the client's deadline: {heads:?}"
+    );
+    assert!(heads.iter().all(|h| told(h) <= 200), "{heads:?}");
+    let r = get_with(b.addr(), "/call-echo?msg=x", "X-Request-Timeout-Ms: 0\r\n");
+    assert_eq!(r.json()["kind"], "timeout");
+    assert_eq!(fake.requests().len(), 2, "A called with no time left");
+    let started = Instant::now();
+    let r = get_with(
+        b.addr(),
+        "/call-echo?msg=x",
+        "X-Request-Timeout-Ms: 5000\r\n",
+    );
+    assert_eq!(r.json()["details"], "Timeout calling Service A after 2.0s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(fake.requests().iter().all(|h| told(h) <= 2000));
 }

@@ -221,3 +221,56 @@ fn a_name_means_all_its_addresses_and_is_resolved_again() {
         "a returning address is not called again"
     );
 }
+
+/// A replica that left its name's addresses keeps its labels in B's `/metrics` for
+/// `--forget-departed-ms` (it may return, its breaker as it was), then they go: churn does
+/// not grow `/metrics` for ever. (They were never removed: 25 → 49 KB after churn.)
+#[test]
+fn the_labels_of_a_departed_replica_go_after_a_while() {
+    let (stays, leaves) = (a_on("127.0.0.2"), a_on("127.0.0.3"));
+    let answer = Arc::new(Mutex::new(vec![stays.addr(), leaves.addr()]));
+    let seen = Arc::clone(&answer);
+    let resolve: Resolve =
+        Arc::new(move |_, _| Ok(seen.lock().map(|a| a.clone()).unwrap_or_default()));
+    let mut config = Config::on("127.0.0.1:0", "http://replicas.test:1");
+    config.resolve_every_ms = 100;
+    config.forget_departed_ms = 500;
+    let b = spawn_with_resolver(config, resolve).expect("start B");
+    let label = |a: SocketAddr| format!(r#"replica="{a}""#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics_show_now(
+        b.addr(),
+        &format!(
+            r#"upstream_requests_total{{{},outcome="ok"}}"#,
+            label(leaves.addr())
+        ),
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "the leaving replica never called"
+        );
+        assert_eq!(call_many(b.addr(), 10), vec![]);
+    }
+    answer.lock().expect("lock").retain(|a| *a != leaves.addr());
+    let left = Instant::now();
+    let gone = loop {
+        assert_eq!(call_many(b.addr(), 2), vec![]);
+        if !metrics_show_now(b.addr(), &label(leaves.addr())) {
+            break left.elapsed();
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(5),
+            "still in /metrics after 5 s"
+        );
+        thread::sleep(Duration::from_millis(20)); // the pace of the polling
+    };
+    println!("the departed replica's labels went {gone:?} after it left");
+    assert!(
+        gone >= Duration::from_millis(500),
+        "forgotten too soon: {gone:?}"
+    );
+    assert!(
+        metrics_show_now(b.addr(), &label(stays.addr())),
+        "the other's labels went too"
+    );
+}

@@ -241,6 +241,16 @@ pub enum Behaviour {
     /// open, then closes it on the next request without answering: an idle pooled
     /// connection that died just as it was reused.
     OncePerConnection(String),
+    /// Writes these bytes as they are (a whole answer: status line, headers, body) and
+    /// closes: a replica answering what it should not, a 429 with `Retry-After`, …
+    Raw(String),
+    /// `/ready` gets a whole 200 answer, one byte every this long (a replica that trickles
+    /// its answer); any other path a 500 at once.
+    TrickleReady(Duration),
+    /// A healthy A that closes every connection after its answer (keep-alive off, legal
+    /// HTTP/1.1): `/echo?msg=M` gets `{"echo":"M"}` (M of plain characters, `%XX` and `+`
+    /// decoded), `/ready` 200, each with `Connection: close`.
+    EchoClosing,
 }
 
 /// A real server on 127.0.0.1:0 that misbehaves as told; it records each request head.
@@ -326,7 +336,44 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
     if read_head(&mut stream, seen).is_none() {
         return;
     }
+    let asked_ready = seen
+        .lock()
+        .ok()
+        .and_then(|s| s.last().map(|h| h.starts_with("GET /ready ")))
+        .unwrap_or(false);
     match behaviour {
+        Behaviour::TrickleReady(every) if asked_ready => {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+            for byte in answer {
+                thread::sleep(*every); // the trickle itself
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+            }
+        }
+        Behaviour::EchoClosing => {
+            let head = seen
+                .lock()
+                .ok()
+                .and_then(|s| s.last().cloned())
+                .unwrap_or_default();
+            let body = match head.split(' ').nth(1).and_then(|t| t.split_once("msg=")) {
+                Some((_, msg)) => {
+                    let msg = form_decode(msg.split('&').next().unwrap_or(""));
+                    serde_json::json!({ "echo": msg }).to_string()
+                }
+                None => r#"{"status":"ready"}"#.to_string(),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        Behaviour::TrickleReady(_) => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 500 X\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        }
         Behaviour::Silent => {
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink);
@@ -354,6 +401,9 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n");
             let _ = stream.shutdown(Shutdown::Both);
         }
+        Behaviour::Raw(bytes) => {
+            let _ = stream.write_all(bytes.as_bytes());
+        }
         Behaviour::OncePerConnection(body) => {
             let _ = write!(
                 stream,
@@ -365,6 +415,94 @@ fn serve_fake(mut stream: TcpStream, behaviour: &Behaviour, seen: &Mutex<Vec<Str
             }
         }
     }
+}
+
+/// A TCP proxy on `ip`, port 0, in front of `upstream`, that forwards every chunk either way
+/// `delay` after it arrived (in order): a replica slowed by its network, which, unlike one
+/// slowed by its own `--delay-ms`, cannot refuse work it cannot finish in time.
+pub struct DelayProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl DelayProxy {
+    /// Starts it.
+    pub fn start(ip: &str, upstream: SocketAddr, delay: Duration) -> DelayProxy {
+        let listener = TcpListener::bind(format!("{ip}:0")).expect("bind the proxy");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    delayed_pipe(c, server, delay);
+                    delayed_pipe(s, client, delay);
+                }
+            }
+        });
+        DelayProxy { addr }
+    }
+
+    /// `http://addr`, for `--service-a-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; the end of `from` ends
+/// `to`'s writing side, after the chunks before it.
+fn delayed_pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf).unwrap_or(0);
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+                || n == 0
+            {
+                return;
+            }
+        }
+    });
+    thread::spawn(move || {
+        for (due, bytes) in rx {
+            thread::sleep(due.saturating_duration_since(Instant::now())); // the delay itself
+            if bytes.is_empty() || to.write_all(&bytes).is_err() {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+        }
+    });
+}
+
+/// `%XX` and `+` decoded (bytes that are not UTF-8 replaced).
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The workspace's service binaries, which the tests build themselves.

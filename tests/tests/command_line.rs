@@ -89,7 +89,7 @@ fn env_vars_configure_the_binaries() {
 #[test]
 fn every_duration_and_count_flag_is_bounded() {
     let huge = "18446744073709551615";
-    let cases: [(&str, &str); 10] = [
+    let cases: [(&str, &str); 11] = [
         ("service_a", "--delay-ms"),
         ("service_a", "--max-delay-ms"),
         ("service_a", "--drain-ms"),
@@ -100,6 +100,7 @@ fn every_duration_and_count_flag_is_bounded() {
         ("service_b", "--max-inflight"),
         ("service_b", "--slow-start-ms"),
         ("service_b", "--retry-budget-percent"),
+        ("service_b", "--forget-departed-ms"),
     ];
     for (name, flag) in cases {
         let (code, stderr) = run(name, &["--listen", "127.0.0.1:0", flag, huge]);

@@ -1,6 +1,6 @@
 //! The breaker of one replica of Service A: after `threshold` failed calls in a row the
 //! replica is ejected (no call reaches it) for a cooldown that doubles with each ejection in
-//! a row, up to a cap, and resets once the replica has stayed in for as long as the cap.
+//! a row, up to a cap, and resets once the replica has stayed in for five first cooldowns.
 //! After the cooldown B's own probe (A's `/ready`, in the background, see `upkeep`) decides:
 //! success readmits it, failure ejects it again for longer. No user call is ever the trial.
 //! Whether a replica may be ejected at all is decided by its set (never more than a share of
@@ -113,17 +113,28 @@ impl Breaker {
     /// that ends while the breaker is not closed (it started before) changes nothing.
     /// Returns whether this failure ejected the replica.
     pub(crate) fn failed(&self, cause: String, may_eject: impl FnOnce() -> bool) -> bool {
+        self.failed_as(1, cause, may_eject)
+    }
+
+    /// Like [`Breaker::failed`], for a failure that counts as `weight` failed calls: a wrong
+    /// answer to a request another replica answered well is the surest sign there is.
+    pub(crate) fn failed_as(
+        &self,
+        weight: u32,
+        cause: String,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
         if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN {
             return false;
         }
-        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let failures = self.failures.fetch_add(weight, Ordering::SeqCst) + weight;
         let mut inner = self.lock();
         inner.last = cause;
         if failures < self.threshold {
             return false;
         }
         if !may_eject() {
-            if failures == self.threshold {
+            if failures - weight < self.threshold {
                 log::warn!(target: "service_b", "{} not ejected after {failures} failed calls in a row: as many replicas as may be are out already", self.name);
             }
             return false;
@@ -145,12 +156,47 @@ impl Breaker {
         true
     }
 
+    /// The replica asked to be left alone for `wait` (a 429's `Retry-After`): it is ejected
+    /// at once for that long (at most the longest cooldown), if `may_eject` allows one more
+    /// ejection, else the answer counts as one failed call. Its ejection series does not
+    /// grow: it asked, it did not fail. Returns whether it was ejected.
+    pub(crate) fn hold(
+        &self,
+        cause: String,
+        wait: Duration,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
+        if self.threshold == 0 || self.state.load(Ordering::SeqCst) != IN {
+            return false;
+        }
+        if !may_eject() {
+            return self.failed(cause, || false);
+        }
+        let failures = self.failures.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut inner = self.lock();
+        let cooldown = wait.min(self.max_cooldown);
+        inner.last = cause;
+        inner.failures = failures;
+        inner.until = Instant::now() + cooldown;
+        inner.cooldown = cooldown;
+        self.state.store(EJECTED, Ordering::SeqCst);
+        log::warn!(target: "service_b", "{} ejected: it answered 429 with Retry-After; probe in {}ms", self.name, cooldown.as_millis());
+        true
+    }
+
+    /// How long a readmitted replica stays in before its ejection series ends, so that an
+    /// old fault does not lengthen the cooldown of the next: five first cooldowns (10 s at
+    /// the defaults), at most the longest cooldown.
+    fn series_end(&self) -> Duration {
+        self.cooldown.saturating_mul(5).min(self.max_cooldown)
+    }
+
     /// Opens the breaker for the next cooldown of the series.
     fn eject(&self, inner: &mut Inner, why: &str) {
-        if inner.closed_since.elapsed() >= self.max_cooldown
+        if inner.closed_since.elapsed() >= self.series_end()
             && self.state.load(Ordering::SeqCst) == IN
         {
-            inner.ejections = 0; // in for long enough: the series starts again
+            inner.ejections = 0; // served for long enough: the series starts again
         }
         let doubling = 1u32.checked_shl(inner.ejections).unwrap_or(u32::MAX);
         let cooldown = self
@@ -240,109 +286,4 @@ impl Breaker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn breaker(threshold: u32, cooldown_ms: u64, max_ms: u64) -> Breaker {
-        Breaker::new(
-            "test",
-            threshold,
-            Duration::from_millis(cooldown_ms),
-            Duration::from_millis(max_ms),
-        )
-    }
-
-    fn fail(b: &Breaker) -> bool {
-        b.failed("Connection error: refused".to_string(), || true)
-    }
-
-    #[test]
-    fn ejects_after_threshold_failures_in_a_row() {
-        let b = breaker(3, 60_000, 60_000);
-        fail(&b);
-        fail(&b);
-        b.succeeded(); // resets the count
-        fail(&b);
-        fail(&b);
-        assert!(b.available());
-        assert!(fail(&b), "the third in a row ejects");
-        assert!(!b.available());
-        let open = b.ejected().expect("ejected");
-        assert!(open.left > Duration::from_secs(59), "{open:?}");
-        assert_eq!(
-            (open.failures, open.last.as_str()),
-            (3, "Connection error: refused")
-        );
-        assert_eq!(
-            (b.state_value(), b.cooldown()),
-            (1, Duration::from_secs(60))
-        );
-    }
-
-    #[test]
-    fn the_probe_decides_and_each_ejection_in_a_row_lasts_longer() {
-        let b = breaker(1, 0, 0);
-        fail(&b);
-        assert!(b.probe_due(), "cooldown 0: due at once");
-        assert!(!b.probe_due(), "one probe per cooldown");
-        assert_eq!(b.state_value(), 2);
-        assert!(b.probed(None));
-        assert!(b.available());
-        assert_eq!(b.state_value(), 0);
-
-        let b = breaker(1, 100, 350);
-        fail(&b);
-        assert_eq!(b.cooldown(), Duration::from_millis(100));
-        for want in [200, 350, 350] {
-            b.lock().until = Instant::now(); // as if the cooldown were over
-            assert!(b.probe_due());
-            assert!(!b.probed(Some("refused".to_string())));
-            assert_eq!(b.cooldown(), Duration::from_millis(want));
-        }
-        assert!(!b.available());
-        assert!(b
-            .ejected()
-            .is_some_and(|o| o.last == "Connection error: refused"));
-    }
-
-    #[test]
-    fn a_returning_replica_is_probed_at_once_and_its_series_starts_again() {
-        let b = breaker(1, 100, 10_000);
-        fail(&b);
-        for _ in 0..4 {
-            b.lock().until = Instant::now();
-            assert!(b.probe_due());
-            assert!(!b.probed(Some("refused".to_string())));
-        }
-        assert_eq!(b.cooldown(), Duration::from_millis(1600));
-        assert!(!b.probe_due(), "not before its cooldown");
-        b.returned();
-        assert!(b.probe_due(), "at once once it returns");
-        assert!(!b.probed(Some("refused".to_string())));
-        assert_eq!(b.cooldown(), Duration::from_millis(100), "a new series");
-    }
-
-    #[test]
-    fn a_refused_ejection_keeps_the_replica_in() {
-        let b = breaker(2, 1000, 1000);
-        for _ in 0..5 {
-            assert!(!b.failed("x".to_string(), || false));
-        }
-        assert!(b.available());
-        assert!(b.failed("x".to_string(), || true));
-        assert!(!b.available());
-    }
-
-    #[test]
-    fn a_late_failure_changes_nothing_and_threshold_zero_is_off() {
-        let b = breaker(1, 60_000, 60_000);
-        fail(&b);
-        fail(&b); // a call from before the ejection, ending now
-        assert_eq!(b.ejected().map(|o| o.failures), Some(1));
-        let off = breaker(0, 60_000, 60_000);
-        for _ in 0..100 {
-            fail(&off);
-        }
-        assert!(off.available() && off.ejected().is_none());
-    }
-}
+mod tests;

@@ -2,14 +2,16 @@
 //! discovery (`set`, `discovery`), one replica (`replica`) with its Peak-EWMA load
 //! (`ewma`) and its breaker (`breaker`), the power of two choices over a cost/eligibility
 //! view (`choice`), and the background upkeep (`upkeep`: re-resolution, probes of ejected
-//! and draining replicas). Depends only on `crate::error` below it (and the leaf counters of
-//! `crate::window`, which each replica carries for `/replicas`); the caller (`call`)
+//! and draining replicas, each on a thread of its own, `probe`). Depends only on
+//! `crate::error` below it (and the leaf counters of `crate::window`, which each replica
+//! carries for `/replicas`); the caller (`call`)
 //! feeds it each attempt's outcome, and counts its events ([`Events`]).
 
 mod breaker;
 mod choice;
 mod discovery;
 mod ewma;
+mod probe;
 mod replica;
 mod set;
 mod upkeep;

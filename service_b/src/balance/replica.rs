@@ -43,6 +43,13 @@ pub(crate) struct Replica {
     /// It said it is draining (`Connection: close` on an answer): when its `/ready` is next
     /// asked (ns, see [`now_ns`]); 0 when it is not draining.
     drain_check_at: AtomicU64,
+    /// When it last answered a call well (ns, see [`now_ns`]; 0: never).
+    answered_at: AtomicU64,
+    /// When an answer that closed its connection last asked for a look at its `/ready`
+    /// (ns, see [`now_ns`]; 0: never).
+    close_asked_at: AtomicU64,
+    /// That look is due (the upkeep takes it).
+    close_check_due: AtomicBool,
 }
 
 impl Replica {
@@ -62,7 +69,45 @@ impl Replica {
             slow_until: AtomicU64::new(0),
             departed: AtomicBool::new(false),
             drain_check_at: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
+            close_asked_at: AtomicU64::new(0),
+            close_check_due: AtomicBool::new(false),
         }
+    }
+
+    /// An answer closed its connection (`Connection: close`): a notice that it drains, or
+    /// its habit (keep-alive off, legal HTTP/1.1). True when its `/ready` should be asked
+    /// now: it is not known to drain and was not asked within `every`.
+    pub(crate) fn closed_connection(&self, every: Duration) -> bool {
+        let now = now_ns();
+        let last = self.close_asked_at.load(Ordering::Relaxed);
+        if self.draining() || (last != 0 && now.saturating_sub(last) < every.as_nanos() as u64) {
+            return false;
+        }
+        let claimed = self
+            .close_asked_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if claimed {
+            self.close_check_due.store(true, Ordering::Relaxed);
+        }
+        claimed
+    }
+
+    /// Takes the look at its `/ready` asked by an answer that closed its connection.
+    pub(crate) fn take_close_check(&self) -> bool {
+        self.close_check_due.swap(false, Ordering::Relaxed)
+    }
+
+    /// It answered a call well: the echo of the message sent.
+    pub(crate) fn answered_well(&self) {
+        self.answered_at.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Whether it answered a call well within `within`.
+    pub(crate) fn answered_within(&self, within: Duration) -> bool {
+        let at = self.answered_at.load(Ordering::Relaxed);
+        at != 0 && now_ns().saturating_sub(at) <= within.as_nanos() as u64
     }
 
     /// Counts a call in flight on this replica until the guard drops.

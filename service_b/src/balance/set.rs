@@ -18,8 +18,6 @@ use super::ewma::now_ns;
 use super::replica::{median_estimate, Replica};
 use crate::error::NoReplica;
 
-/// How long the state of a replica that left its name's addresses is kept for its return.
-const DEPARTED_KEPT: Duration = Duration::from_secs(600);
 /// Re-resolutions asked for by calls (no usable replica, a refused connect) come at most
 /// this often; the periodic one runs regardless.
 pub(crate) const MIN_RESOLVE_GAP: Duration = Duration::from_millis(250);
@@ -31,14 +29,23 @@ pub(crate) struct Settings {
     pub(crate) max_cooldown: Duration,
     pub(crate) max_ejected_percent: u32,
     pub(crate) slow_start: Duration,
+    /// How long what B knows of a replica that left is kept (`--forget-departed-ms`).
+    pub(crate) forget_departed: Duration,
 }
 
 /// What happens to the set, told to whoever counts it (B's metrics).
 pub(crate) trait Events: Send + Sync + std::fmt::Debug {
     /// A replica was ejected (by its calls or by a failed probe).
     fn ejected(&self, replica: SocketAddr);
-    /// B's own `GET /ready` of a replica: `kind` `health` (ejected) or `drain` (draining).
+    /// A replica was seen draining: an answer closed its connection and its `/ready` said
+    /// 503.
+    fn drained(&self, replica: SocketAddr);
+    /// B's own `GET /ready` of a replica: `kind` `health` (ejected) or `drain` (draining,
+    /// or an answer closed its connection).
     fn probed(&self, replica: SocketAddr, kind: &'static str, ok: bool);
+    /// A replica that left was forgotten (`--forget-departed-ms` after it left): its
+    /// labels go.
+    fn forgotten(&self, replica: SocketAddr);
     /// The names were resolved again, because of `why`.
     fn resolved(&self, why: &'static str);
 }
@@ -87,7 +94,7 @@ pub(crate) struct Replicas {
     /// The errors of the last resolution (empty when every name resolved).
     unresolved: RwLock<String>,
     /// Replicas a name stopped resolving to, and since when: one that comes back within
-    /// [`DEPARTED_KEPT`] keeps its breaker (an ejected replica still owes its probe).
+    /// `--forget-departed-ms` keeps its breaker (an ejected replica still owes its probe).
     departed: Mutex<Vec<(Arc<Replica>, Instant)>>,
     pub(crate) settings: Settings,
     pub(crate) events: Arc<dyn Events>,
@@ -226,7 +233,14 @@ impl Replicas {
         next.sort_by_key(|r| r.addr);
         self.note_errors(why.is_some(), errors.join("; "));
         let now = Instant::now();
-        departed.retain(|(_, since)| now.duration_since(*since) < DEPARTED_KEPT);
+        let kept = self.settings.forget_departed;
+        departed.retain(|(replica, since)| {
+            let keep = now.duration_since(*since) < kept;
+            if !keep {
+                self.events.forgotten(replica.addr);
+            }
+            keep
+        });
         for replica in old
             .iter()
             .filter(|r| !next.iter().any(|n| n.addr == r.addr))
@@ -313,6 +327,8 @@ pub(crate) mod tests {
 
     impl Events for Uncounted {
         fn ejected(&self, _: SocketAddr) {}
+        fn drained(&self, _: SocketAddr) {}
+        fn forgotten(&self, _: SocketAddr) {}
         fn probed(&self, _: SocketAddr, _: &'static str, _: bool) {}
         fn resolved(&self, _: &'static str) {}
     }
@@ -328,6 +344,7 @@ pub(crate) mod tests {
             max_cooldown: Duration::from_secs(60),
             max_ejected_percent: 50,
             slow_start: Duration::from_secs(5),
+            forget_departed: Duration::from_secs(600),
         };
         Replicas::new(targets, system_resolver(), settings, Arc::new(Uncounted))
     }

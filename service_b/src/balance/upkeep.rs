@@ -1,8 +1,10 @@
 //! B's one background thread for its replicas: it resolves A's names again every
 //! `--resolve-every-ms` and at once when a call asks (see `Replicas::resolve_soon`), and it
-//! probes each ejected replica when its cooldown ends, with B's own `GET /ready` (503 while
-//! A drains), readmitting it on a 200 and ejecting it again, for longer, on anything else;
-//! and it asks a replica that said it drains for its `/ready` until it says 200.
+//! starts the probe of each ejected replica when its cooldown ends, B's own `GET /ready`
+//! (503 while A drains) on a thread of its own (see `probe`), which readmits it on a 200
+//! as fast as the fleet answers and ejects it again, for longer, on anything else; and it
+//! asks a replica that said it drains for its `/ready` until it says 200. No probe can
+//! hold up a re-resolution or another probe.
 //! So no user call is ever the trial of an ejected replica, and no call ever resolves.
 //! It also runs its owner's [`Chore`] on its timer (B closes its idle connections gone
 //! stale, see `upstream::Pool::prune`).
@@ -12,12 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::ewma::now_ns;
-use super::replica::median_estimate;
+use super::probe::{self, PROBE_TIMEOUT};
+use super::replica::{fastest_estimate, median_estimate};
 use super::replica::{Replica, DRAIN_CHECK_EVERY};
 use super::set::{Replicas, Wake};
-
-/// The longest B waits for a replica's `/ready`.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A job the upkeep thread runs every `every`, for the one who starts it.
 pub(crate) struct Chore {
@@ -60,14 +60,7 @@ fn run(weak: &Weak<Replicas>, wake: &Wake, every: Duration, chore: &Chore) {
             next_resolution = Instant::now() + every;
         }
         let set = replicas.snapshot();
-        for replica in set.iter().filter(|r| r.breaker.probe_due()) {
-            probe(&replicas, &set, replica);
-        }
-        let at_ns = now_ns();
-        let draining_due = |r: &&Arc<Replica>| r.drain_check_at().is_some_and(|at| at <= at_ns);
-        for replica in set.iter().filter(draining_due) {
-            check_drain(&replicas, &set, replica);
-        }
+        start_probes(&replicas, &set);
         // Sleep until the next resolution, probe or chore, whichever comes first; a call may
         // wake us sooner. The replicas are not held meanwhile, so they can be dropped.
         let now = Instant::now();
@@ -96,20 +89,74 @@ fn resolve(replicas: &Replicas, why: &'static str) {
     replicas.resolve_now(Some(why));
 }
 
-/// B's own `GET /ready` of an ejected replica, and what it decides.
+/// Starts the probes due: of each ejected replica whose cooldown ended, and of each
+/// draining one whose check is due, each on a thread of its own while there is room.
+fn start_probes(replicas: &Arc<Replicas>, set: &Arc<[Arc<Replica>]>) {
+    for replica in set.iter() {
+        if !probe::room() {
+            return; // the next look starts the rest
+        }
+        let owned = (Arc::clone(replicas), Arc::clone(set), Arc::clone(replica));
+        if replica.breaker.probe_due() {
+            let (replicas, set, target) = owned;
+            let job = move || self::probe(&replicas, &set, &target);
+            if !probe::spawn(job) {
+                let _ = replica
+                    .breaker
+                    .probed(Some("no thread for its probe".to_string()));
+            }
+        } else if replica.drain_check_at().is_some_and(|at| at <= now_ns()) {
+            // Not asked again while this check runs.
+            replica.start_draining(PROBE_TIMEOUT + DRAIN_CHECK_EVERY);
+            let (replicas, set, target) = owned;
+            probe::spawn(move || check_drain(&replicas, &set, &target));
+        } else if replica.take_close_check() {
+            let (replicas, _, target) = owned;
+            probe::spawn(move || check_close(&replicas, &target));
+        }
+    }
+}
+
+/// B's own `GET /ready` of an ejected replica, and what it decides: a 200 readmits it
+/// when it came as fast as the fleet answers (its limit, see `probe::limit_for`), and the
+/// replica then starts from that limit as its estimate, pessimistic until its calls show
+/// otherwise.
 fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
-    let status = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
-    let failure = match status {
-        Ok(200) => None,
-        Ok(other) => Some(format!("/ready answered {other}")),
+    let (median, fastest) = (median_estimate(set), fastest_estimate(set));
+    let (limit, judged) = probe::limit_for(fastest);
+    let failure = match probe::ready(replica.addr, &replica.ready_path, limit) {
+        Ok((200, _)) => None,
+        Ok((other, _)) => Some(format!("/ready answered {other}")),
+        Err(e) if judged => Some(format!(
+            "/ready: {e}, as fast as the fleet answers (its fastest estimate {:.1}ms)",
+            fastest / 1e6
+        )),
         Err(e) => Some(format!("/ready: {e}")),
     };
     let ok = failure.is_none();
     replicas.events.probed(replica.addr, "health", ok);
     if replica.breaker.probed(failure) {
-        replica.start_slowly(replicas.settings.slow_start, median_estimate(set));
+        let start = if judged {
+            limit.as_nanos() as f64
+        } else {
+            median
+        };
+        replica.start_slowly(replicas.settings.slow_start, start.max(median));
     } else {
         replicas.events.ejected(replica.addr);
+    }
+}
+
+/// B's own `GET /ready` of a replica whose answer closed its connection: a 503 says it
+/// drains (no new calls while others can take them, until its `/ready` says 200); a 200
+/// says it only closes its connections (keep-alive off), and it keeps its share.
+fn check_close(replicas: &Replicas, replica: &Replica) {
+    let status = probe::ready(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
+    let ready = matches!(status, Ok((200, _)));
+    replicas.events.probed(replica.addr, "drain", ready);
+    if matches!(status, Ok((503, _))) && replica.start_draining(DRAIN_CHECK_EVERY) {
+        log::info!(target: "service_b", "replica {} is draining (an answer closed its connection, its /ready says 503): no new calls while others can take them, until its /ready says 200", replica.addr);
+        replicas.events.drained(replica.addr);
     }
 }
 
@@ -118,8 +165,8 @@ fn probe(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
 /// drain is over and the process gone: it is ejected now (no call is sent to find out) and
 /// probed back like any ejected replica; else it is asked again later.
 fn check_drain(replicas: &Replicas, set: &[Arc<Replica>], replica: &Replica) {
-    let status = echo_core::client::status_of(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
-    let ready = status.as_ref().is_ok_and(|status| *status == 200);
+    let status = probe::ready(replica.addr, &replica.ready_path, PROBE_TIMEOUT);
+    let ready = status.as_ref().is_ok_and(|(status, _)| *status == 200);
     replicas.events.probed(replica.addr, "drain", ready);
     if ready {
         replica.stop_draining();

@@ -15,23 +15,40 @@ use super::CallError;
 pub(crate) enum Verdict {
     /// It is failing: counts for its breaker, and its estimate takes a penalty.
     Failing,
+    /// It answered what no healthy A answers to B's well-formed request (a 4xx, or a 200
+    /// that is not exactly the echo of the message sent): failing when other replicas
+    /// answer well (the call's retry elsewhere did, or one did lately), else B asked
+    /// wrongly and nothing counts against it, so a B that asks wrongly ejects no replica.
+    /// A 429's `Retry-After` (whole seconds) comes with it: the replica is kept out that
+    /// long.
+    Suspect(Option<Duration>),
     /// It answered at once that it could not finish within the time it was given, so it is
     /// at least this slow: its estimate learns that, its breaker does not count it.
     Slower(Duration),
-    /// B asked wrongly (a 4xx): nothing is learnt about the replica's speed, and its count
-    /// of failures in a row starts again (it answered).
-    NotItsFault,
     /// B itself failed (no descriptor left for a socket): nothing is learnt or counted.
     BsOwn,
+}
+
+/// Whether another attempt of a failed call may still succeed, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// No: bytes of the answer had arrived and it was cut, or the deadline passed.
+    No,
+    /// On another replica only: this one answered, wrongly (a 5xx, a 4xx, a body that is
+    /// not the echo); asking it again would get the same.
+    Elsewhere,
+    /// On another replica, or on this one over a fresh connection: nothing of the answer
+    /// had arrived (a pooled connection may have died while idle), or A refused at once for
+    /// lack of time.
+    Anywhere,
 }
 
 /// A failed attempt, classified.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) error: CallError,
-    /// Nothing of the answer had arrived, or A refused at once for lack of time: another
-    /// attempt may still succeed.
-    pub(crate) retryable: bool,
+    /// Whether another attempt may still succeed, and where.
+    pub(crate) retry: Retry,
     /// What it says about the replica.
     pub(crate) verdict: Verdict,
     /// The connect was refused or the address unreachable: the names may have moved.
@@ -39,12 +56,26 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    /// A failure that counts against its replica.
+    /// A failure that counts against its replica, retried anywhere when `retryable`.
     pub(crate) fn failing(error: CallError, retryable: bool) -> Failure {
         Failure {
             error,
-            retryable,
+            retry: if retryable {
+                Retry::Anywhere
+            } else {
+                Retry::No
+            },
             verdict: Verdict::Failing,
+            refused: false,
+        }
+    }
+
+    /// A complete answer that is wrong: retried on another replica only.
+    fn answered(error: CallError, verdict: Verdict) -> Failure {
+        Failure {
+            error,
+            retry: Retry::Elsewhere,
+            verdict,
             refused: false,
         }
     }
@@ -129,11 +160,14 @@ pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
 /// The failure a non-2xx answer head means, `None` for a 2xx. A's 504 with the
 /// deadline-exceeded header is its refusal for lack of `told` time: kind `timeout`, the
 /// replica at least that slow, and retryable when a longer time was left (`short_head`).
-/// A 4xx says B asked wrongly: nothing against the replica.
+/// Any other non-2xx is a complete answer, retried on another replica: a 5xx counts
+/// against the replica; a 4xx (or a redirect) is [`Verdict::Suspect`], with a 429's
+/// `retry_after`.
 pub(crate) fn classify_status(
     status: u16,
     refused_for_time: bool,
     told: Duration,
+    retry_after: Option<Duration>,
     seen: Seen,
 ) -> Option<Failure> {
     if status == 504 && refused_for_time {
@@ -142,7 +176,11 @@ pub(crate) fn classify_status(
                 told,
                 deadline: seen.deadline,
             },
-            retryable: seen.short_head,
+            retry: if seen.short_head {
+                Retry::Anywhere
+            } else {
+                Retry::No
+            },
             verdict: Verdict::Slower(told),
             refused: false,
         });
@@ -150,14 +188,22 @@ pub(crate) fn classify_status(
     if (200..300).contains(&status) {
         return None;
     }
-    let verdict = match status < 500 {
-        true => Verdict::NotItsFault,
-        false => Verdict::Failing,
+    let verdict = match status {
+        500.. => Verdict::Failing,
+        429 => Verdict::Suspect(retry_after),
+        _ => Verdict::Suspect(None),
     };
-    Some(Failure {
-        verdict,
-        ..Failure::failing(CallError::Status(status), false)
-    })
+    Some(Failure::answered(CallError::Status(status), verdict))
+}
+
+/// A `Retry-After` in whole seconds (its HTTP-date form is not honoured); `None` for 0.
+pub(crate) fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: u64 = value.parse().ok()?;
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// A failure while A's body was read: final (bytes had arrived), `timeout` when the
@@ -170,16 +216,33 @@ pub(crate) fn classify_body_failure(e: ureq::Error, deadline: Duration) -> Failu
     Failure::failing(error, false)
 }
 
-/// A's body must be a JSON object with a string `echo`; it is passed on as received.
-pub(crate) fn classify_body(body: &[u8]) -> Result<Value, CallError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| CallError::BadResponse(format!("body is not JSON ({e})")))?;
-    match value.get("echo") {
-        Some(Value::String(_)) if value.is_object() => Ok(value),
-        _ => Err(CallError::BadResponse(
+/// A's body must be a JSON object whose one key `echo` is the message sent (`expect`);
+/// it is passed on as received. Not JSON, or not an object with a string `echo`: the
+/// replica is failing. An object with another echo or other keys: no healthy A answers
+/// that to this message, so it is [`Verdict::Suspect`] (unless B built the message wrongly,
+/// which its peers' answers tell).
+pub(crate) fn classify_body(body: &[u8], expect: &str) -> Result<Value, Failure> {
+    let malformed = |why: String| Failure::answered(CallError::BadResponse(why), Verdict::Failing);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| malformed(format!("body is not JSON ({e})")))?;
+    let Some(Value::String(echo)) = value.get("echo").filter(|_| value.is_object()) else {
+        return Err(malformed(
             "expected a JSON object with a string \"echo\"".to_string(),
-        )),
+        ));
+    };
+    let lie = |why: &str| {
+        Failure::answered(
+            CallError::BadResponse(why.to_string()),
+            Verdict::Suspect(None),
+        )
+    };
+    if echo != expect {
+        return Err(lie("the echo is not the message sent"));
     }
+    if value.as_object().is_some_and(|o| o.len() != 1) {
+        return Err(lie("keys other than \"echo\" in the answer"));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -188,10 +251,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_an_object_with_a_string_echo_is_accepted() {
+    fn only_the_echo_of_the_message_sent_is_accepted() {
         assert_eq!(
-            classify_body(br#"{"echo":"hi","x":1}"#).unwrap(),
-            json!({"echo":"hi","x":1})
+            classify_body(br#"{"echo":"hi"}"#, "hi").unwrap(),
+            json!({"echo":"hi"})
         );
         for bad in [
             &b"not json"[..],
@@ -201,7 +264,55 @@ mod tests {
             br#""echo""#,
             b"",
         ] {
-            assert_eq!(classify_body(bad).unwrap_err().kind(), "bad_response");
+            let failure = classify_body(bad, "hi").unwrap_err();
+            assert_eq!(failure.error.kind(), "bad_response");
+            assert_eq!(
+                (failure.verdict, failure.retry),
+                (Verdict::Failing, Retry::Elsewhere)
+            );
+        }
+        for lie in [
+            &br#"{"echo":"WRONG"}"#[..],
+            br#"{"echo":"hi","injected":{"x":1}}"#,
+        ] {
+            let failure = classify_body(lie, "hi").unwrap_err();
+            assert_eq!(failure.error.kind(), "bad_response");
+            assert_eq!(failure.verdict, Verdict::Suspect(None));
+        }
+    }
+
+    #[test]
+    fn a_4xx_is_suspect_and_a_429_carries_its_retry_after() {
+        let seen = Seen {
+            received: 100,
+            short_connect: None,
+            short_head: false,
+            deadline: Duration::from_secs(2),
+        };
+        let told = Duration::from_secs(2);
+        let status = |s, after| classify_status(s, false, told, after, seen);
+        assert!(status(200, None).is_none());
+        let secs = Some(Duration::from_secs(3));
+        let failure = status(429, secs).expect("a failure");
+        assert_eq!(
+            (failure.verdict, failure.retry),
+            (Verdict::Suspect(secs), Retry::Elsewhere)
+        );
+        assert_eq!(
+            status(404, secs).map(|f| f.verdict),
+            Some(Verdict::Suspect(None))
+        );
+        assert_eq!(status(500, None).map(|f| f.verdict), Some(Verdict::Failing));
+        assert_eq!(retry_after(" 3 "), secs);
+        for bad in [
+            "0",
+            "",
+            "-1",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "1.5",
+            "9999999999",
+        ] {
+            assert_eq!(retry_after(bad), None, "{bad}");
         }
     }
 

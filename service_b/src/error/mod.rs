@@ -15,7 +15,8 @@ use serde_json::json;
 mod classify;
 
 pub(crate) use classify::{
-    classify, classify_body, classify_body_failure, classify_status, Failure, Seen, Verdict,
+    classify, classify_body, classify_body_failure, classify_status, retry_after, Failure, Retry,
+    Seen, Verdict,
 };
 
 /// Why a call to A failed. `kind` is the machine-readable 503 `kind`, `Display` the

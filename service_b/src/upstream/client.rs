@@ -16,7 +16,7 @@ use ureq::Agent;
 use super::pool::Pool;
 use super::transport::{AddressOnly, Connect, INPUT_BUFFER, OUTPUT_BUFFER};
 use crate::error::{
-    classify, classify_body, classify_body_failure, classify_status, Failure, Seen,
+    classify, classify_body, classify_body_failure, classify_status, retry_after, Failure, Seen,
 };
 
 /// Largest body accepted from A; an echo of the longest possible message fits easily.
@@ -28,6 +28,8 @@ const HEAD_ROOM: usize = 512;
 /// The limits of one attempt, each within what is left of the call's deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
+    /// The call's deadline: `--timeout-ms`, or the client's shorter one.
+    pub(crate) deadline: Duration,
     /// What is left of the deadline.
     pub(crate) left: Duration,
     /// At most this to connect (`None`: the deadline).
@@ -110,15 +112,17 @@ impl EchoClient {
         format!("/echo?msg={}", form_encode(msg))
     }
 
-    /// The deadline every call gets.
+    /// The deadline every call gets, unless its client asks for a shorter one.
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
-    /// One attempt: GET `url` within `limits` and return A's JSON object.
+    /// One attempt: GET `url` within `limits` and return A's JSON object, which must be
+    /// the echo of `expect`, the message sent.
     pub(crate) fn attempt(
         &self,
         url: &str,
+        expect: &str,
         limits: Limits,
         forward: Forward<'_>,
     ) -> Result<Answer, Failure> {
@@ -130,7 +134,7 @@ impl EchoClient {
         };
         let agent = Agent::with_parts(self.config.clone(), connect, AddressOnly);
         let seen =
-            |received: &AtomicUsize| limits.seen(received.load(Ordering::Relaxed), self.timeout);
+            |received: &AtomicUsize| limits.seen(received.load(Ordering::Relaxed), limits.deadline);
         let told = limits.time_told();
         let mut request = agent
             .get(url)
@@ -161,8 +165,14 @@ impl EchoClient {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
         let refused_for_time = headers.contains_key(DEADLINE_EXCEEDED_HEADER);
+        let after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
         let status = response.status().as_u16();
-        if let Some(failure) = classify_status(status, refused_for_time, told, seen(&received)) {
+        if let Some(failure) =
+            classify_status(status, refused_for_time, told, after, seen(&received))
+        {
             return Err(failure);
         }
         let body = response
@@ -170,8 +180,8 @@ impl EchoClient {
             .with_config()
             .limit(MAX_A_BODY)
             .read_to_vec()
-            .map_err(|e| classify_body_failure(e, self.timeout))?;
-        let value = classify_body(&body).map_err(|e| Failure::failing(e, false))?;
+            .map_err(|e| classify_body_failure(e, limits.deadline))?;
+        let value = classify_body(&body, expect)?;
         Ok(Answer { value, closing })
     }
 }

@@ -27,7 +27,7 @@ pub(crate) const QUEUE_BYTES: usize = 1 << 20;
 /// that fits, and the one the exit's flush may still add.
 const RESERVE: usize = 2 * crate::log_text::MAX_LINE;
 /// How long the writer sleeps after writing: lines wait at most about this under load.
-const BUSY_POLL: Duration = Duration::from_millis(5);
+const BUSY_POLL: Duration = Duration::from_millis(10);
 /// How long it sleeps at most while no line comes (doubling from [`BUSY_POLL`]).
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
@@ -53,6 +53,8 @@ struct Waiting {
     reports: Vec<usize>,
     /// The writer holds lines it took and has not written yet.
     writing: bool,
+    /// A flush waits for the writer: only then is it woken (a wake is a system call).
+    flushing: bool,
 }
 
 impl Queue {
@@ -100,6 +102,7 @@ impl Queue {
     pub(crate) fn flush(&self, limit: Duration, report: impl FnOnce(u64, u64) -> Vec<u8>) -> usize {
         let mut waiting = self.lock();
         waiting.report(report);
+        waiting.flushing = true;
         let waited = self
             .written
             .wait_timeout_while(waiting, limit, |w| !w.bytes.is_empty() || w.writing);
@@ -136,8 +139,11 @@ impl Queue {
                 }
                 taken.clear();
                 reports.clear();
-                self.lock().writing = false;
-                self.written.notify_all();
+                let mut waiting = self.lock();
+                waiting.writing = false;
+                if waiting.flushing {
+                    self.written.notify_all();
+                }
                 poll = BUSY_POLL;
             }
             let until = Instant::now() + poll;

@@ -305,8 +305,9 @@ fn promtool_and_a_real_prometheus_accept_the_metrics_and_the_dashboard() {
         );
     }
 
-    // A fails 30 % of its /echo calls with a 500 (B answers 503, kind `status`); B's second
-    // replica refuses every connection.
+    // A fails 30 % of its /echo calls with a 500 (B retries elsewhere, then answers 503,
+    // kind `status`, or `connect` from the retry); B's second replica refuses every
+    // connection.
     let a = spawn_a(&["--fail-rate", "0.3", "--seed", "18"]);
     let refusing = closed_port();
     let b = spawn_b(
@@ -324,7 +325,10 @@ fn promtool_and_a_real_prometheus_accept_the_metrics_and_the_dashboard() {
         match reply.status {
             200 => ok += 1,
             503 => {
-                assert_eq!(reply.json()["kind"], "status", "{:?}", reply.json());
+                // A 500 is retried on the other replica, which may still be in rotation
+                // and refuse: the 503 says what its last attempt met.
+                let kind = reply.json()["kind"].clone();
+                assert!(kind == "status" || kind == "connect", "{:?}", reply.json());
                 failed += 1;
             }
             status => panic!("B answered {status}: {:?}", reply.json()),

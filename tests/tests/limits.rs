@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -125,15 +125,11 @@ fn descriptor_exhaustion_is_survived() {
     }
 }
 
-/// Guards: connections had no bound; past `--max-connections` a new one gets 503 and the close,
-/// and is counted in `/metrics`.
-#[test]
-fn connections_beyond_the_limit_get_503_until_some_close() {
-    let a = spawn_a(&["--max-connections", "8"]);
-    // Eight connections, each answered once (so each is surely counted), then idle.
-    let mut held: Vec<BufReader<TcpStream>> = (0..8)
+/// `n` connections to `addr`, each answered once (so each is surely counted), kept open.
+fn hold(addr: SocketAddr, n: usize) -> Vec<BufReader<TcpStream>> {
+    (0..n)
         .map(|i| {
-            let mut s = connect(a.addr, WAIT);
+            let mut s = connect(addr, WAIT);
             s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
                 .expect("write");
             let mut reader = BufReader::new(s);
@@ -141,7 +137,16 @@ fn connections_beyond_the_limit_get_503_until_some_close() {
             assert_eq!(status.map_err(|e| e.to_string()), Ok(200), "connection {i}");
             reader
         })
-        .collect();
+        .collect()
+}
+
+/// Guards: connections had no bound; past `--max-connections` a new one gets 503 and the close,
+/// and is counted in `/metrics`.
+#[test]
+fn connections_beyond_the_limit_get_503_until_some_close() {
+    let a = spawn_a(&["--max-connections", "8"]);
+    // Eight connections, each answered once (so each is surely counted), then idle.
+    let mut held = hold(a.addr, 8);
     // The ninth is refused before it sends anything.
     let mut ninth = connect(a.addr, WAIT);
     let started = Instant::now();
@@ -263,17 +268,7 @@ fn refused_connections_are_counted_each_but_logged_once_a_second() {
 #[test]
 fn over_the_limit_health_ready_and_metrics_are_still_answered() {
     let a = spawn_a(&["--max-connections", "2"]);
-    let held: Vec<BufReader<TcpStream>> = (0..2)
-        .map(|i| {
-            let mut s = connect(a.addr, WAIT);
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-                .expect("write");
-            let mut reader = BufReader::new(s);
-            let status = read_reply(&mut reader).map(|r| r.status);
-            assert_eq!(status.map_err(|e| e.to_string()), Ok(200), "connection {i}");
-            reader
-        })
-        .collect();
+    let held = hold(a.addr, 2);
     // An orchestrator's probes and the scraper must not fail because the service is full;
     // anything else over the limit gets the limit's 503.
     for (path, status) in [

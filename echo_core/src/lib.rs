@@ -22,11 +22,3 @@ pub use logging::{fields_shown_in_message, LogFormat};
 pub use metrics::Metrics;
 pub use server::{serve, ServerHandle};
 pub use trace::Trace;
-
-/// The old path of [`process`] and [`client::status_of`], kept while branches that call
-/// `echo_core::cli::…` are merged; remove once no caller names it.
-#[doc(hidden)]
-pub mod cli {
-    pub use crate::client::status_of;
-    pub use crate::process::*;
-}

@@ -279,7 +279,7 @@ fn any_string_round_trips_byte_exact() {
     let all = strings();
     assert!(all.len() > 300);
     for s in &all {
-        let target = format!("/call-echo?msg={}", echo_core::http::form_encode(s));
+        let target = format!("/call-echo?msg={}", echo_core::client::form_encode(s));
         let r = get(b.addr(), &target);
         assert_eq!(r.status, 200, "{s:?}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(

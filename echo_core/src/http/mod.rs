@@ -26,8 +26,3 @@ pub(crate) use request::{Blocking, Worker};
 pub use request_id::{is_valid_request_id, request_id};
 pub use response::{health, ready, Response};
 pub use router::{route, Handler};
-
-/// The old path of [`crate::client::form_encode`], kept while branches that call it are
-/// merged; remove once no caller names it here.
-#[doc(hidden)]
-pub use crate::client::form_encode;

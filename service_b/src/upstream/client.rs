@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use echo_core::http::{form_encode, DEADLINE_EXCEEDED_HEADER, TIMEOUT_HEADER};
+use echo_core::client::form_encode;
+use echo_core::http::{DEADLINE_EXCEEDED_HEADER, TIMEOUT_HEADER};
 use serde_json::Value;
 use ureq::Agent;
 

@@ -16,14 +16,14 @@ use crate::window::{outcome_index, p99_ms, unix_ms, CallStats, Window, OUTCOMES,
 /// The page, embedded at build time: no external asset, no build step.
 const PAGE: &str = include_str!("dashboard.html");
 
+/// The page's Content-Security-Policy: its own inline script and style only, and requests
+/// to B alone. Beside the page it guards, as text.
+const POLICY: &str = include_str!("dashboard.csp");
+
 /// `GET /`: the page, which may run only its own inline script and talk only to B.
 pub(crate) fn page() -> Response {
     Response::text(200, "text/html; charset=utf-8", PAGE.to_string())
-        .with_header(
-            "Content-Security-Policy",
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-        )
+        .with_header("Content-Security-Policy", POLICY.trim_end())
         .with_header("Cache-Control", "no-store")
 }
 

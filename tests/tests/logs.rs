@@ -308,25 +308,7 @@ fn a_unicode_space_forges_no_log_field() {
 #[test]
 fn a_log_reader_that_falls_behind_holds_up_no_request() {
     use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let mut child = service_command("service_a")
-        .args(["--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn A");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("listening on http://") {
-        line.clear();
-        assert!(out.read_line(&mut line).expect("read") > 0, "A exited");
-    }
-    let addr: SocketAddr = line
-        .rsplit("http://")
-        .next()
-        .and_then(|a| a.trim().parse().ok())
-        .expect("address");
+    let (mut child, out, addr) = a_with_stdout_unread();
     // Nobody reads A's stdout now: 12,000 access lines of ~130 bytes overfill the 64 KiB
     // pipe and the 1 MiB A keeps waiting for it. Every request is still answered at once (a
     // connection thread that wrote its own line was held forever at about the 430th).
